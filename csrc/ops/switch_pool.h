@@ -1,0 +1,36 @@
+// switch_pool: max pooling that records, for every output, where in its window the max came from.
+//
+// Rules (both twins):
+// - Window of output (oh, ow) reads input rows ih = oh*sh - pad_top + ky*dh and columns
+//   iw = ow*sw - pad_left + kx*dw for ky < kh, kx < kw; positions outside [0,H)x[0,W) are padding
+//   and never win.
+// - The switch is the window index ky*kw + kx (not dilated) of the first maximum in row-major
+//   window order (PyTorch's CPU rule); so kh*kw <= 255 (checked by the caller).
+// - NaN is a maximum (as torch.max_pool2d): the first NaN in window order wins and y is NaN.
+// - A window wholly in padding gives y = -inf and switch 255 (kNoSwitch): unpool skips it.
+#pragma once
+#include <cstdint>
+#include "common/geometry.h"
+
+namespace cnnviz {
+
+constexpr uint8_t kNoSwitch = 255;
+
+void switch_pool_cpu(
+    // inputs
+    const float* x,          // [N, C, H, W]
+    // outputs
+    float* y,                // [N, C, OH, OW]
+    uint8_t* switches,       // [N, C, OH, OW]
+    const PoolGeometry& g);
+
+void switch_pool_cuda(
+    // inputs
+    const float* x,          // [N, C, H, W]   device
+    // outputs
+    float* y,                // [N, C, OH, OW] device
+    uint8_t* switches,       // [N, C, OH, OW] device
+    const PoolGeometry& g,
+    void* stream);           // cudaStream_t
+
+}  // namespace cnnviz
