@@ -23,7 +23,7 @@ namespace {
   py::list out;
   std::size_t start = 0;
   while (start <= s.size()) {
-    std::size_t end = s.find(';', start);
+    std::size_t end = s.find(',', start);
     if (end == std::string::npos) end = s.size();
     if (end > start) out.append(s.substr(start, end - start));
     start = end + 1;
@@ -61,6 +61,9 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "cnnviz_fast native kernels: switch_pool, unpool, unit_max, topk_merge (CPU and CUDA)";
 
   m.def("build_info", &build_info, "What was compiled: CUDA and its architectures, OpenMP, versions.");
+  m.def("set_num_threads", &set_cpu_threads, py::arg("n"),
+        "Threads for the CPU kernels, from any calling thread (default: OMP_NUM_THREADS or the core count).");
+  m.def("get_num_threads", &get_cpu_threads);
   m.def("cuda_device_count", &device::device_count, "CUDA devices usable by this build (0 without CUDA or a GPU).");
 
   m.def("switch_pool", &switch_pool, py::arg("x"), py::arg("kernel"), py::arg("stride") = py::none(),

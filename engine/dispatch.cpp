@@ -1,6 +1,11 @@
 #include "dispatch.h"
 
+#include <atomic>
 #include <string>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "device.h"
 #include "ops/switch_pool.h"
@@ -12,23 +17,38 @@ namespace cnnviz {
 
 namespace {
 
+std::atomic<int> g_cpu_threads{0};  // 0: OpenMP's default
+
+// Applies the engine-wide thread count to the calling thread before a CPU kernel runs.
+void use_cpu_threads() {
+#ifdef _OPENMP
+  int n = g_cpu_threads.load();
+  if (n > 0) omp_set_num_threads(n);
+#endif
+}
+
 struct Pair {
   int h, w;
 };
 
 std::string arg_name(const char* op, const char* arg) { return std::string(op) + ": argument '" + arg + "'"; }
 
+// Anything with __index__ (Python ints, NumPy integers as read from ONNX attributes), not bools.
+bool is_index(py::handle v) {
+  return !py::isinstance<py::bool_>(v) && PyIndex_Check(v.ptr());
+}
+
 int to_int(py::handle v, const char* op, const char* arg) {
-  if (!py::isinstance<py::int_>(v) || py::isinstance<py::bool_>(v)) {
+  if (!is_index(v)) {
     throw py::type_error(arg_name(op, arg) + " must hold integers, got " + py::repr(v).cast<std::string>());
   }
-  return v.cast<int>();
+  return py::reinterpret_steal<py::int_>(PyNumber_Index(v.ptr())).cast<int>();
 }
 
 // An int or an (h, w) pair, each at least `min`.
 Pair parse_pair(py::handle obj, const char* op, const char* arg, int min) {
   Pair p;
-  if (py::isinstance<py::int_>(obj)) {
+  if (is_index(obj)) {
     p.h = p.w = to_int(obj, op, arg);
   } else if (py::isinstance<py::sequence>(obj) && !py::isinstance<py::str>(obj) && py::len(obj) == 2) {
     auto seq = py::reinterpret_borrow<py::sequence>(obj);
@@ -99,6 +119,20 @@ PoolGeometry make_pool_geometry(const Geometry& g, int64_t N, int64_t C, int64_t
 
 }  // namespace
 
+void set_cpu_threads(int n) {
+  if (n < 1) throw py::value_error("set_num_threads: argument 'n' must be >= 1, got " + std::to_string(n));
+  g_cpu_threads.store(n);
+}
+
+int get_cpu_threads() {
+#ifdef _OPENMP
+  int n = g_cpu_threads.load();
+  return n > 0 ? n : omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
 py::tuple switch_pool(py::object x_obj, py::object kernel, py::object stride, py::object padding, py::object dilation,
                       bool ceil_mode, py::object stream) {
   const char* op = "switch_pool";
@@ -122,6 +156,7 @@ py::tuple switch_pool(py::object x_obj, py::object kernel, py::object stride, py
   {
     py::gil_scoped_release nogil;
     if (ctx.device == DeviceKind::cpu) {
+      use_cpu_threads();
       switch_pool_cpu(x.ptr<float>(), static_cast<float*>(y), static_cast<uint8_t*>(s), pg);
     } else {
 #ifdef CNNVIZ_WITH_CUDA
@@ -162,6 +197,7 @@ py::object unpool(py::object y_obj, py::object s_obj, py::object kernel, py::obj
   {
     py::gil_scoped_release nogil;
     if (ctx.device == DeviceKind::cpu) {
+      use_cpu_threads();
       unpool_cpu(y.ptr<float>(), sw.ptr<uint8_t>(), static_cast<float*>(x), pg);
     } else {
 #ifdef CNNVIZ_WITH_CUDA
@@ -186,6 +222,7 @@ py::tuple unit_max(py::object a_obj, py::object stream) {
   {
     py::gil_scoped_release nogil;
     if (ctx.device == DeviceKind::cpu) {
+      use_cpu_threads();
       unit_max_cpu(a.ptr<float>(), static_cast<float*>(v), static_cast<int32_t*>(p), rows, hw);
     } else {
 #ifdef CNNVIZ_WITH_CUDA
@@ -212,6 +249,7 @@ void run_topk_merge(const Tensor& sv, const Tensor& si, const Tensor& sp, const 
   TopKShape s{sv.dim(0), sv.dim(1), v.dim(0)};
   py::gil_scoped_release nogil;
   if (ctx.device == DeviceKind::cpu) {
+    use_cpu_threads();
     topk_merge_cpu(sv.ptr<float>(), si.ptr<int64_t>(), sp.ptr<int32_t>(), v.ptr<float>(), p.ptr<int32_t>(), ids.ptr<int64_t>(), s);
   } else {
 #ifdef CNNVIZ_WITH_CUDA

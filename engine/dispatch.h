@@ -13,6 +13,11 @@ py::tuple unit_max(py::object a, py::object stream);
 void topk_merge(py::object state_values, py::object state_ids, py::object state_positions, py::object values,
                 py::object positions, py::object image_ids, py::object stream);
 
+// CPU kernel threads. OpenMP's own setting is per calling thread; this one holds for every thread
+// that calls into the engine (pipelines call kernels from worker threads).
+void set_cpu_threads(int n);
+int get_cpu_threads();
+
 // Shared with TopKStore: checks the shapes of one merge and runs it on ctx's device.
 void run_topk_merge(const Tensor& sv, const Tensor& si, const Tensor& sp, const Tensor& v, const Tensor& p,
                     const Tensor& ids, const ExecContext& ctx, const char* op);

@@ -6,7 +6,8 @@
 //   and never win.
 // - The switch is the window index ky*kw + kx (not dilated) of the first maximum in row-major
 //   window order (PyTorch's CPU rule); so kh*kw <= 255 (checked by the caller).
-// - NaN is a maximum (as torch.max_pool2d): the first NaN in window order wins and y is NaN.
+// - NaN is a maximum, so y is NaN as in torch.max_pool2d; the switch names the first NaN in
+//   window order (torch's CPU kernel names the last one: values agree, indices may not).
 // - A window wholly in padding gives y = -inf and switch 255 (kNoSwitch): unpool skips it.
 #pragma once
 #include <cstdint>

@@ -3,7 +3,9 @@
 // x[n, c, ih, iw] = sum of y[n, c, oh, ow] over every window (oh, ow) whose switch points at
 // (ih, iw). Written as a gather: each input location visits the windows that can contain it in a
 // fixed order (ky ascending, then kx ascending), so overlapping windows add in the same order on
-// every run and on both devices — bit-identical results, no atomics. Switch 255 contributes
+// every run and on both devices — bit-identical results, no atomics. (The CPU twin walks a whole
+// input row per (ky, kx) so the inner loop vectorises; each element still receives its terms in
+// that order.) Switch 255 contributes
 // nothing. Every element of x is written (zero where no window chose it).
 #pragma once
 #include <cstdint>

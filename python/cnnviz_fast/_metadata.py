@@ -32,7 +32,7 @@ IMAGENET_PREPROCESS = {
 }
 
 
-def write_metadata(model: onnx.ModelProto, **values: Any) -> None:
+def write_metadata(model: onnx.ModelProto, /, **values: Any) -> None:
     """Set cnnviz.* keys on `model` in place (keys from KEYS; values JSON-serialisable)."""
     unknown = set(values) - set(KEYS)
     if unknown:

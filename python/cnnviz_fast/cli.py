@@ -45,11 +45,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_zoo_export(args: argparse.Namespace) -> int:
-    from .zoo.export import export_zoo
+    from .zoo import export_zoo
 
     try:
         export_zoo(args.name, args.output, weights=args.weights, random_weights=args.random_weights, seed=args.seed)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as exc:
         print(f"cnnviz-fast zoo export: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}")
