@@ -1,0 +1,203 @@
+"""Train the small demo CNN on synthetic images and export it as the shipped ONNX model.
+
+    python models/train_demo.py --out models/demo.onnx --seed 0
+
+The training and test sets come from `cnnviz_fast.datasets.synthetic`, written as JPEG files
+and read back, because the demo later mines JPEG files and should see the same artefacts. The
+run is deterministic for a given seed and thread count (CPU only). Next to the ONNX file it
+writes <out>.json with the training record that also sits in the model's cnnviz.info metadata.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from PIL import Image
+from torch import nn
+
+from cnnviz_fast._metadata import write_metadata
+from cnnviz_fast.datasets import synthetic
+
+# Dataset seeds derive from (--seed, stream), so train and test images never coincide.
+_TRAIN_STREAM, _TEST_STREAM = 0, 1
+
+
+class DemoNet(nn.Module):
+    """Four conv -> BatchNorm -> ReLU -> 2x2 max-pool stages, then two fully connected layers.
+
+    BatchNorm only speeds up training: the ONNX export folds it into the conv weights, so the
+    shipped graph is the plain Conv -> Relu -> MaxPool chain the deconvnet expects. The tapped
+    ReLU outputs conv1..conv4 see 5, 10, 20 and 40 px of the input; at 64 px the last pooled
+    map is 4x4x128, small enough for a flatten + fc. Widths are kept small (16..128) so that
+    training takes minutes on two CPU cores.
+    """
+
+    def __init__(self, classes: int, size: int):
+        super().__init__()
+
+        def stage(cin: int, cout: int, k: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, k, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+
+        self.features = nn.Sequential(
+            *stage(3, 16, 5), *stage(16, 32, 3), *stage(32, 64, 3), *stage(64, 128, 3)
+        )
+        side = size // 16
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * side * side, 128), nn.ReLU(), nn.Linear(128, classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def load_set(root: Path, n: int, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Generate n JPEG images under root and read them back: uint8 [n, size, size, 3], labels [n]."""
+    paths = synthetic.generate(root, n, seed=seed, size=size)
+    index = {name: i for i, name in enumerate(synthetic.CLASSES)}
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    labels = np.array([index[p.parent.name] for p in paths], dtype=np.int64)
+    return images, labels
+
+
+def to_tensor(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    x = (images.astype(np.float32) / 255.0 - mean.astype(np.float32)) / std.astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+    return float((pred == y).float().mean())
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, batch: int = 64) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    steps = epochs * ((len(x) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.2)
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        total, t0 = 0.0, time.time()
+        for i in range(0, len(x), batch):
+            idx = order[i:i + batch]
+            opt.zero_grad()
+            loss = loss_fn(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        print(f"epoch {epoch + 1}/{epochs}  loss {total / len(x):.4f}  {time.time() - t0:.0f}s", flush=True)
+
+
+def rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if t == old else t for t in node.input]
+        node.output[:] = [new if t == old else t for t in node.output]
+    for out in graph.output:
+        if out.name == old:
+            out.name = new
+
+
+def export(model: nn.Module, size: int, path: Path, metadata: dict) -> list[dict]:
+    """Export with a dynamic batch axis; name the ReLU after each Conv conv1.. and after Gemm fc1..."""
+    model.eval()
+    dummy = torch.zeros(1, 3, size, size)
+    # The TorchScript exporter (dynamo=False) needs no onnxscript and folds BatchNorm in eval mode.
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        torch.onnx.export(
+            model, (dummy,), str(raw), input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
+        )
+        proto = onnx.load(str(raw))
+    graph = proto.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    layers, counts = [], {"conv": 0, "fc": 0}
+    for node in list(graph.node):
+        if node.op_type != "Relu":
+            continue
+        kind = {"Conv": "conv", "Gemm": "fc"}[producer[node.input[0]].op_type]
+        counts[kind] += 1
+        name = f"{kind}{counts[kind]}"
+        rename_tensor(graph, node.output[0], name)
+        node.name = name
+        layers.append({"name": name, "tensor": name, "kind": kind})
+    write_metadata(proto, model="demo", layers=layers, **metadata)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    return layers
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("demo.onnx"))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--train-images", type=int, default=6000)
+    ap.add_argument("--test-images", type=int, default=2000)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    train_seed = synthetic.image_seed(args.seed, _TRAIN_STREAM)
+    test_seed = synthetic.image_seed(args.seed, _TEST_STREAM)
+
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        train_images, train_labels = load_set(Path(tmp) / "train", args.train_images, train_seed, args.size)
+        test_images, test_labels = load_set(Path(tmp) / "test", args.test_images, test_seed, args.size)
+    print(f"generated {len(train_images)} + {len(test_images)} images in {time.time() - t0:.0f}s", flush=True)
+
+    # Per-channel statistics of the training set, rounded so the metadata states them exactly.
+    pixels = train_images.reshape(-1, 3).astype(np.float64) / 255.0
+    mean, std = np.round(pixels.mean(0), 3), np.round(pixels.std(0), 3)
+    x_train, y_train = to_tensor(train_images, mean, std), torch.from_numpy(train_labels)
+    x_test, y_test = to_tensor(test_images, mean, std), torch.from_numpy(test_labels)
+
+    model = DemoNet(len(synthetic.CLASSES), args.size)
+    t0 = time.time()
+    train(model, x_train, y_train, args.epochs, args.seed)
+    train_seconds = time.time() - t0
+    test_acc = accuracy(model, x_test, y_test)
+    print(f"test accuracy {test_acc:.4f} ({len(x_test)} images), trained in {train_seconds:.0f}s", flush=True)
+
+    info = {
+        "test_accuracy": round(test_acc, 4),
+        "seed": args.seed,
+        "train_images": args.train_images,
+        "test_images": args.test_images,
+        "train_data_seed": train_seed,
+        "test_data_seed": test_seed,
+        "image_size": args.size,
+        "epochs": args.epochs,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "trained_by": "models/train_demo.py",
+    }
+    preprocess = {
+        "resize": args.size, "crop": args.size, "mean": mean.tolist(), "std": std.tolist(),
+        "channel_order": "RGB", "scale": 255.0,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    layers = export(model, args.size, args.out, {"preprocess": preprocess, "labels": list(synthetic.CLASSES), "info": info})
+    # Wall time stays out of the ONNX metadata so that a rerun reproduces the file exactly.
+    record = {"model": "demo", "file": args.out.name, "layers": layers, "preprocess": preprocess,
+              "labels": list(synthetic.CLASSES), "info": info, "train_seconds": round(train_seconds)}
+    args.out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) and {args.out.with_suffix('.json')}")
+
+
+if __name__ == "__main__":
+    main()
