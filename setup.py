@@ -62,11 +62,13 @@ class CMakeBuild(build_ext):
 
 
 # models/ (the zoo and the shipped demo model) is installed as the subpackage cnnviz_fast.zoo, so the
-# CLI and Model.load find it after a plain `pip install`.
-setup(
-    packages=find_packages("python") + ["cnnviz_fast.zoo"],
-    package_dir={"": "python", "cnnviz_fast.zoo": "models"},
-    package_data={"cnnviz_fast.zoo": ["*.onnx", "*.json", "*.md"]},
-    ext_modules=[CMakeExtension("cnnviz_fast._C")],
-    cmdclass={"build_ext": CMakeBuild},
-)
+# CLI and Model.load find it after a plain `pip install`. (The guard lets tests import _dlpack_include;
+# setuptools runs this file as __main__.)
+if __name__ == "__main__":
+    setup(
+        packages=find_packages("python") + ["cnnviz_fast.zoo"],
+        package_dir={"": "python", "cnnviz_fast.zoo": "models"},
+        package_data={"cnnviz_fast.zoo": ["*.onnx", "*.json", "*.md"]},
+        ext_modules=[CMakeExtension("cnnviz_fast._C")],
+        cmdclass={"build_ext": CMakeBuild},
+    )

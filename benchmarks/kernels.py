@@ -13,7 +13,7 @@ and AlexNet (torchvision's), on ReLU-like data (about half zeros, as real featur
   ones by value then image id), k=9, 64 images a batch, 50 batches into one running state, with
   every conv unit of each net.
 
-Both sides run with the same thread count (torch.set_num_threads and OMP_NUM_THREADS), timed
+Both sides run with the same thread count (torch.set_num_threads and _C.set_num_threads), timed
 alternately in each repeat so that load from other processes falls on both; the median of the
 repeats is reported, after warm-up. Every row also checks that both sides agree. Ratio = baseline
 time / our time; the targets are the issue's (switch_pool and unit_max at least 1.0x torch,
@@ -432,8 +432,9 @@ def main(argv=None):
     from cnnviz_fast import _C as C
 
     torch.set_num_threads(threads)
+    C.set_num_threads(threads)
     info = C.build_info()
-    ours_threads = info.get("openmp_threads", 1)
+    ours_threads = C.get_num_threads()
     print(f"cnnviz_fast {info['version']} (OpenMP {'on' if info['openmp'] else 'off'}, {ours_threads} threads); "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads); numpy {np.__version__}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -441,7 +442,7 @@ def main(argv=None):
           f"batch {args.batch}, median of {args.repeats} after {args.warmup} warm-up")
     if ours_threads != threads or torch.get_num_threads() != threads:
         print(f"warning: asked for {threads} threads but the extension uses {ours_threads} and torch "
-              f"{torch.get_num_threads()} (an OpenMP runtime started before this benchmark set OMP_NUM_THREADS)")
+              f"{torch.get_num_threads()} (built without OpenMP?)")
 
     rng = np.random.default_rng(args.seed)
     rows = cpu_rows(C, torch, F, args, rng)
