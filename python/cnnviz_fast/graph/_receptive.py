@@ -1,0 +1,157 @@
+"""Receptive fields of every image-dependent tensor, derived from the graph.
+
+Per spatial axis a tensor's field is (size R, jump J, start S): position i of the tensor sees the
+input interval [S + i*J, S + i*J + R). A window op with kernel k, stride s, dilation d and
+leading pad p maps (R, J, S) to (R + (d*(k-1))*J, J*s, S - p*J); ceil_mode only changes how many
+positions there are. Once a tensor mixes all positions (Flatten, Gemm, global pooling, ...) its
+field is the whole input.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._index import GraphIndex
+
+# Ops that keep every position's field: per-element or per-position across channels only.
+_POSITIONWISE = {
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
+    "Tanh", "Softplus", "Softsign", "Clip", "Abs", "Neg", "Exp", "Log", "Sqrt", "Reciprocal",
+    "Erf", "Gelu", "Mish", "Identity", "Dropout", "Cast", "LRN", "BatchNormalization",
+    "InstanceNormalization", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean",
+    "Where", "Floor", "Ceil", "Round", "Sign",
+}
+_WINDOWED = {"Conv", "MaxPool", "AveragePool", "LpPool"}
+_GLOBAL = {"GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool", "Flatten", "Gemm", "MatMul"}
+_RESHAPING = {"Reshape", "Squeeze", "Unsqueeze"}
+_REDUCE = {"ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2", "ReduceL1",
+           "ReduceLogSumExp", "ReduceProd", "ReduceSumSquare"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """Receptive field of a tensor: per axis (h, w) size, jump and start; `whole`: the full input."""
+
+    size: tuple[int, int]
+    jump: tuple[int, int]
+    start: tuple[int, int]
+    whole: bool = False
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """The field cannot be derived: `node` (op `op_type`) is in the way, for `reason`."""
+
+    node: str
+    op_type: str
+    reason: str = ""
+
+
+def receptive_fields(idx: GraphIndex, input_hw: tuple[int, int]) -> dict[str, Field | Blocked]:
+    """Field (or the reason there is none) of every image-dependent tensor of `idx`."""
+    whole = Field(tuple(input_hw), (1, 1), (0, 0), whole=True)
+    fields: dict[str, Field | Blocked] = {idx.image: Field((1, 1), (1, 1), (0, 0))}
+    for i, node in enumerate(idx.nodes):
+        ins = [fields[t] for t in idx.data_inputs(i) if t in fields]
+        if not ins or node.op_type in ("Shape", "Size"):
+            continue
+        blocked = next((f for f in ins if isinstance(f, Blocked)), None)
+        if blocked is not None:
+            out = blocked
+        elif all(f.whole for f in ins):
+            out = whole
+        else:
+            out = _through(idx, i, ins, whole)
+        for t in node.output:
+            if t:
+                fields[t] = out
+    return fields
+
+
+def _through(idx: GraphIndex, i: int, ins: list[Field], whole: Field) -> Field | Blocked:
+    node, op = idx.nodes[i], idx.nodes[i].op_type
+    name = idx.names[i]
+    if op in _POSITIONWISE:
+        return _union(ins, name, op, whole)
+    if op == "Concat":
+        if _axis(idx, i, node.input[0], default=None) != 1:
+            return Blocked(name, op, "concatenation along a spatial axis")
+        return _union(ins, name, op, whole)
+    if len(ins) != 1 or idx.data_inputs(i)[0] != node.input[0]:
+        return Blocked(name, op, "image data enters through a parameter input")
+    f = ins[0]
+    if op in _WINDOWED:
+        try:
+            g = idx.geometry(i)
+        except (ValueError, KeyError, TypeError) as exc:
+            return Blocked(name, op, str(exc))
+        eff = g.effective_kernel
+        return Field(tuple(f.size[a] + (eff[a] - 1) * f.jump[a] for a in range(2)),
+                     tuple(f.jump[a] * g.strides[a] for a in range(2)),
+                     tuple(f.start[a] - g.pads[a] * f.jump[a] for a in range(2)))
+    if op == "Pad":
+        pads = pad_amounts(idx, i)
+        if pads is None:
+            return Blocked(name, op, "pads are not constant")
+        mode = idx.attrs(i).get("mode", "constant")
+        if mode != "constant":
+            return Blocked(name, op, f"mode {mode!r}")
+        return Field(f.size, f.jump, tuple(f.start[a] - pads[2 + a] * f.jump[a] for a in range(2)))
+    if op in ("Softmax", "LogSoftmax", "Hardmax"):
+        if _axis(idx, i, node.input[0], default=1 if idx.opset < 13 else -1) == 1:
+            return f
+        return Blocked(name, op, "normalises across positions")
+    if op in _GLOBAL or op in _REDUCE:
+        return whole
+    if op in _RESHAPING:
+        a, b = idx.shape(node.input[0]), idx.shape(node.output[0])
+        if a is not None and b is not None and len(a) == len(b) == 4 and a[1:] == b[1:]:
+            return f
+        return whole
+    return Blocked(name, op, "not a known spatial op")
+
+
+def _union(ins: list[Field], name: str, op: str, whole: Field) -> Field | Blocked:
+    if any(f.whole for f in ins):
+        return whole
+    if len(ins) == 1:
+        return ins[0]
+    if len({f.jump for f in ins}) != 1:
+        return Blocked(name, op, "inputs with different strides")
+    start = tuple(min(f.start[a] for f in ins) for a in range(2))
+    end = tuple(max(f.start[a] + f.size[a] for f in ins) for a in range(2))
+    return Field(tuple(end[a] - start[a] for a in range(2)), ins[0].jump, start)
+
+
+def _axis(idx: GraphIndex, i: int, x: str, default: int | None) -> int | None:
+    axis = idx.attrs(i).get("axis", default)
+    shape = idx.shape(x)
+    if axis is not None and axis < 0 and shape is not None:
+        axis += len(shape)
+    return axis
+
+
+def pad_amounts(idx: GraphIndex, i: int) -> list[int] | None:
+    """Pads of a Pad node on 4-D data as [n, c, h, w begins, n, c, h, w ends], or None if unknown."""
+    node, a = idx.nodes[i], idx.attrs(i)
+    if "pads" in a:
+        pads = [int(p) for p in a["pads"]]
+    else:
+        value = idx.constant(node.input[1]) if len(node.input) > 1 else None
+        if value is None:
+            return None
+        pads = [int(p) for p in np.asarray(value).ravel()]
+    rank = 4
+    axes = list(range(rank))
+    if len(node.input) > 3 and node.input[3]:
+        value = idx.constant(node.input[3])
+        if value is None:
+            return None
+        axes = [int(ax) % rank for ax in np.asarray(value).ravel()]
+    if len(pads) != 2 * len(axes):
+        return None
+    full = [0] * (2 * rank)
+    for k, ax in enumerate(axes):
+        full[ax], full[rank + ax] = pads[k], pads[len(axes) + k]
+    return full

@@ -1,0 +1,236 @@
+"""`Model`: an ONNX CNN as cnnviz_fast sees it — layers, receptive fields, mining and reverse graphs.
+
+    model = Model.load("zfnet", weights="zfnet.pth")      # or an .onnx path, or "demo"
+    model.layers                                          # default taps: ReLU after each Conv
+    model.taps("all")                                     # ... plus the fully connected ReLUs
+    model.mining_graph(model.layers)                      # ONNX: <layer>:max / <layer>:argmax
+    plan = model.reverse_plan("conv3")                    # deconvnet steps back to the pixels
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import onnx
+
+from ._metadata import IMAGENET_PREPROCESS, read_metadata
+from .graph import InvalidModel, Layer, ReversePlan
+from .graph._index import GraphIndex
+from .graph._layers import discover, make_layers
+from .graph._load import Loaded, load_file, normalise
+from .graph._mining import mining_graph, prune
+from .graph._receptive import receptive_fields
+from .graph._reverse import reverse_plan
+
+ZOO_NAMES = ("zfnet", "alexnet", "vgg16")
+DEMO = "demo"
+
+
+class Model:
+    """A loaded, validated ONNX model (BatchNormalization folded into its Convs).
+
+    Attributes: `path` (the ONNX file, None for `from_proto`), `proto` (the folded model, dynamic
+    batch, inferred shapes), `sha256` (of the original file bytes), `name`, `input_name`,
+    `input_size` (3, H, W), `opset`, `preprocess` (as in `cnnviz_fast._metadata`), `labels`,
+    `info`, `layers` (default taps), `all_layers` (plus the fully connected ones).
+    """
+
+    def __init__(self, loaded: Loaded, path: Path | None, name: str | None = None):
+        meta = read_metadata(loaded.proto)
+        self.path = path
+        self.proto = loaded.proto
+        self.sha256 = loaded.sha256
+        self.folded_batchnorms = loaded.folded
+        self.input_name = loaded.image
+        self.input_size = loaded.input_size
+        self.opset = loaded.opset
+        self.name = meta.get("model") or name or (path.stem if path else "model")
+        self.preprocess = dict(meta.get("preprocess") or _default_preprocess(self.input_size))
+        self.labels: list[str] | None = meta.get("labels")
+        self.info: dict[str, Any] = dict(meta.get("info") or {})
+        self._index = GraphIndex(self.proto, self.input_name)
+        self._fields = receptive_fields(self._index, self.input_size[1:])
+        self._shapes: dict[str, tuple] = {}
+        self.all_layers: list[Layer] = discover(self._index, meta.get("layers"), self._fields, self._shape_of)
+        self.layers: list[Layer] = [layer for layer in self.all_layers if layer.kind == "conv"]
+
+    @classmethod
+    def load(cls, path_or_zoo_name: str | os.PathLike, weights: str | os.PathLike | None = None,
+             random_weights: bool = False, seed: int = 0) -> "Model":
+        """Load an .onnx file, or a zoo model ("zfnet", "alexnet", "vgg16", also "zoo:NAME") from
+        local `weights` (or `random_weights=True`, seeded), or the shipped "demo" model."""
+        target = os.fspath(path_or_zoo_name)
+        zoo_name = target[4:] if target.startswith("zoo:") else target
+        if not os.path.exists(target) and zoo_name.lower() in ZOO_NAMES + (DEMO,):
+            target = _zoo_file(zoo_name.lower(), weights, random_weights, seed)
+        elif weights is not None or random_weights:
+            raise ValueError("weights / random_weights apply to zoo models only; an ONNX file carries "
+                             "its own weights")
+        path = Path(target)
+        if not path.is_file():
+            raise InvalidModel(f"{target}: no such file, and not a zoo model "
+                               f"({', '.join(ZOO_NAMES + (DEMO,))})")
+        return cls(load_file(path), path)
+
+    @classmethod
+    def from_proto(cls, proto: onnx.ModelProto, name: str | None = None) -> "Model":
+        """A Model from an in-memory ModelProto (copied; sha256 of its serialisation)."""
+        raw = proto.SerializeToString()
+        copy = onnx.load_model_from_string(raw)
+        return cls(normalise(copy, hashlib.sha256(raw).hexdigest(), name or "<memory>"), None, name)
+
+    def __repr__(self) -> str:
+        return (f"Model({self.name!r}, input {list(self.input_size)}, "
+                f"layers {[layer.name for layer in self.all_layers]})")
+
+    def layer(self, name: str) -> Layer:
+        """The layer called `name` (or tapping tensor `name`); ValueError listing them if unknown."""
+        return self.taps([name])[0]
+
+    def taps(self, spec: str | Sequence[str | Layer] | None = None) -> list[Layer]:
+        """Layers for a spec: None / "default" (ReLU after each Conv), "all" (plus the fully
+        connected ReLUs), a comma-separated string, or names (layer names or raw tensor names)."""
+        if spec is None or spec == "default":
+            return list(self.layers)
+        if spec == "all":
+            return list(self.all_layers)
+        if isinstance(spec, str):
+            spec = [s.strip() for s in spec.split(",") if s.strip()]
+        by_name = {layer.name: layer for layer in self.all_layers}
+        by_tensor = {layer.tensor: layer for layer in self.all_layers}
+        out, unknown = [], []
+        for item in spec:
+            if isinstance(item, Layer):
+                out.append(item)
+            elif item in by_name or item in by_tensor:
+                out.append(by_name.get(item) or by_tensor[item])
+            elif item in self._index.data and item != self.input_name:
+                out.extend(make_layers(self._index, [(item, item, _kind_of(self._shape_of(item)))],
+                                       self._fields, self._shape_of))
+            else:
+                unknown.append(item)
+        if unknown:
+            raise ValueError(f"unknown layer{'s' if len(unknown) > 1 else ''} "
+                             f"{', '.join(map(repr, unknown))}; available: "
+                             f"{', '.join(by_name) or '(none found)'} (or any image-dependent tensor name)")
+        return list({layer.name: layer for layer in out}.values())
+
+    def mining_graph(self, layers: str | Sequence[str | Layer] | None = None,
+                     heads: str = "graph") -> onnx.ModelProto:
+        """The model pruned to what `layers` need (default taps when None), with outputs:
+
+        heads="graph": per layer `<name>:max` float32 [N, C] and `<name>:argmax` int32 [N, C]
+        (first maximum, y*W + x), see `Layer.max_output` / `Layer.argmax_output`;
+        heads="native": the tapped tensors themselves (named as `Layer.tensor`), to be reduced
+        by `cnnviz_fast._C.unit_max` (fc layers are [N, C]: view them as [N, C, 1, 1]).
+        """
+        return mining_graph(self._index, self.taps(layers), heads)
+
+    def reverse_plan(self, layer: str | Layer) -> ReversePlan:
+        """The deconvnet plan of `layer` (raises UnsupportedOp for an op it cannot reverse)."""
+        layer = layer if isinstance(layer, Layer) else self.layer(layer)
+        return reverse_plan(self._index, layer, functools.partial(self._blocked, extra=layer))
+
+    def projection_graph(self, layer: str | Layer) -> onnx.ModelProto:
+        """A forward graph whose outputs are the plan's `forward_outputs` (named as the tensors):
+        the tapped tensor, every MaxPool input (switches) and every ReLU output on the path."""
+        return prune(self._index, self.reverse_plan(layer).forward_outputs)
+
+    def serialized(self) -> bytes:
+        """The folded model as bytes (for onnxruntime.InferenceSession)."""
+        return self.proto.SerializeToString()
+
+    def _blocked(self, node_index: int, extra: Layer) -> list[str]:
+        """Names of the layers whose tensors depend on node `node_index`."""
+        names = [layer.name for layer in self.all_layers
+                 if node_index in self._index.ancestors(layer.tensor)]
+        if extra.name not in names:
+            names.append(extra.name)
+        return names
+
+    def _shape_of(self, tensor: str) -> tuple:
+        shape = self._index.shape(tensor)
+        if shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape[1:]):
+            return tuple(shape)
+        if tensor not in self._shapes:
+            self._shapes.update(_run_shapes(self, [tensor]))
+        return self._shapes[tensor]
+
+
+def _kind_of(shape: tuple) -> str:
+    return "fc" if len(shape) == 2 else "conv"
+
+
+def _default_preprocess(input_size: tuple[int, int, int]) -> dict:
+    """ImageNet normalisation; crop = the model's input side, resize scaled as 256 is to 224."""
+    _, h, w = input_size
+    pre = dict(IMAGENET_PREPROCESS)
+    pre["crop"] = h if h == w else [h, w]
+    pre["resize"] = round(min(h, w) * 256 / 224)
+    return pre
+
+
+def _run_shapes(model: Model, tensors: list[str]) -> dict[str, tuple]:
+    """Shapes of `tensors` from one ONNX Runtime run on a zero image (when inference has none)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    proto = prune(model._index, tensors)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    outs = sess.run(tensors, {model.input_name: np.zeros((1, *model.input_size), np.float32)})
+    return {t: ("N", *o.shape[1:]) for t, o in zip(tensors, outs)}
+
+
+def _zoo_file(name: str, weights, random_weights: bool, seed: int) -> str:
+    """Path of the ONNX file for a zoo name: the shipped demo, or a cached export."""
+    if name == DEMO:
+        if weights is not None or random_weights:
+            raise ValueError("the demo model ships with its weights; weights / random_weights do not apply")
+        return str(_demo_path())
+    if weights is None and not random_weights:
+        raise ValueError(f"zoo model {name!r} needs weights: Model.load({name!r}, weights='FILE') with a "
+                         "local .pth/.safetensors state dict, or random_weights=True for an untrained one")
+    from . import zoo  # imports torch only when a model is actually exported
+
+    code = hashlib.sha256()
+    for source in sorted(Path(zoo.__file__).parent.glob("*.py")):
+        code.update(source.name.encode() + source.read_bytes())
+    key: dict[str, Any] = {"name": name, "seed": seed, "random": bool(random_weights)}
+    if weights is not None:
+        w = Path(weights).resolve()
+        if not w.is_file():
+            raise InvalidModel(f"weights file {weights} does not exist")
+        st = w.stat()
+        key["weights"] = [str(w), st.st_size, st.st_mtime_ns]
+    wkey = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("CNNVIZ_CACHE", Path(tempfile.gettempdir()) / "cnnviz_fast-zoo"))
+    target = cache / f"{name}-{wkey}-{code.hexdigest()[:12]}.onnx"
+    if not target.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f".{target.name}.{os.getpid()}.tmp"
+        zoo.export_zoo(name, tmp, weights=weights, random_weights=random_weights, seed=seed)
+        os.replace(tmp, target)
+        for stale in cache.glob(f"{name}-{wkey}-*.onnx"):  # exports by older zoo code
+            if stale != target:
+                stale.unlink(missing_ok=True)
+    return str(target)
+
+
+def _demo_path() -> Path:
+    try:
+        from . import zoo
+
+        candidates = [Path(zoo.__file__).parent / "demo.onnx"]
+    except ImportError:
+        candidates = []
+    candidates.append(Path(__file__).resolve().parents[2] / "models" / "demo.onnx")
+    for p in candidates:
+        if p.is_file():
+            return p
+    raise InvalidModel("the demo model (models/demo.onnx) is missing; train it with "
+                       "`python models/train_demo.py --out models/demo.onnx`")
