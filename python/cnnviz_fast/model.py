@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -208,7 +207,7 @@ def _zoo_file(name: str, weights, random_weights: bool, seed: int) -> str:
         st = w.stat()
         key["weights"] = [str(w), st.st_size, st.st_mtime_ns]
     wkey = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    cache = Path(os.environ.get("CNNVIZ_CACHE", Path(tempfile.gettempdir()) / "cnnviz_fast-zoo"))
+    cache = _cache_dir()
     target = cache / f"{name}-{wkey}-{code.hexdigest()[:12]}.onnx"
     if not target.is_file():
         cache.mkdir(parents=True, exist_ok=True)
@@ -219,6 +218,14 @@ def _zoo_file(name: str, weights, random_weights: bool, seed: int) -> str:
             if stale != target:
                 stale.unlink(missing_ok=True)
     return str(target)
+
+
+def _cache_dir() -> Path:
+    """$CNNVIZ_CACHE, else the user's cache folder (XDG), where exported zoo models are kept."""
+    if os.environ.get("CNNVIZ_CACHE"):
+        return Path(os.environ["CNNVIZ_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or (Path.home() / ".cache")
+    return Path(base) / "cnnviz_fast" / "zoo"
 
 
 def _demo_path() -> Path:
