@@ -1,4 +1,4 @@
-# Two commands do all the set-up on a fresh clone: `make test` and (with the report) `make demo`.
+# Two commands do all the set-up on a fresh clone: `make demo` and `make test`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ CNNVIZ_CUDA ?= AUTO
 export CNNVIZ_CUDA
 export CNNVIZ_BUILD_DIR ?= $(CURDIR)/build/cmake
 
-.PHONY: test install deps info bench clean
+.PHONY: test demo install deps info bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ install: $(VENV)/.deps
 test: install
 	$(BIN)/python -m pytest -q
 
+# The main job on the embedded default: generated images, shipped demo model, report in cnnviz-demo/.
+demo: install
+	$(BIN)/cnnviz-fast demo --out cnnviz-demo
+
 info: install
 	$(BIN)/cnnviz-fast info
 
@@ -35,4 +39,4 @@ bench: install
 	$(BIN)/cnnviz-fast bench kernels
 
 clean:
-	rm -rf build $(VENV) python/*.egg-info
+	rm -rf build $(VENV) python/*.egg-info cnnviz-demo

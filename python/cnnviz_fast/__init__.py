@@ -19,6 +19,10 @@ _LAZY = {
     "Layer": "cnnviz_fast.graph",
     "UnsupportedOp": "cnnviz_fast.graph",
     "build_info": "cnnviz_fast._runtime",
+    "mine": "cnnviz_fast.mining",
+    "Projector": "cnnviz_fast.projection",
+    "report": "cnnviz_fast.reporting",
+    "project": "cnnviz_fast.project_pass",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -60,11 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnviz-fast", description="What each unit of a CNN has learned (Zeiler & Fergus deconvnet).")
     sub = p.add_subparsers(dest="command", required=True)
 
+    from . import _cli_mine, _cli_report
+
+    _cli_mine.register(sub)
+    _cli_report.register(sub)
+
     s = sub.add_parser("info", help="native build, ONNX Runtime providers, GPU")
     s.set_defaults(func=_cmd_info)
 
-    s = sub.add_parser("bench", help="run a benchmark suite from benchmarks/ (kernels, ...)")
-    s.add_argument("suite", choices=["kernels"])
+    s = sub.add_parser("bench", help="run a benchmark suite from benchmarks/ (kernels, mining, projection)")
+    s.add_argument("suite", choices=["kernels", "mining", "projection"])
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the suite (see its --help)")
     s.set_defaults(func=_cmd_bench)
 

@@ -65,7 +65,8 @@ class Model:
         local `weights` (or `random_weights=True`, seeded), or the shipped "demo" model."""
         target = os.fspath(path_or_zoo_name)
         zoo_name = target[4:] if target.startswith("zoo:") else target
-        if not os.path.exists(target) and zoo_name.lower() in ZOO_NAMES + (DEMO,):
+        # A zoo name wins unless a *file* of that name exists (a folder called "demo" is no model).
+        if not os.path.isfile(target) and zoo_name.lower() in ZOO_NAMES + (DEMO,):
             target = _zoo_file(zoo_name.lower(), weights, random_weights, seed)
         elif weights is not None or random_weights:
             raise ValueError("weights / random_weights apply to zoo models only; an ONNX file carries "

@@ -1,0 +1,192 @@
+"""The forward pass of the mining graph in ONNX Runtime: only per-(image, unit) maxima and their
+positions leave it.
+
+CPU: a plain session; "graph" heads return [N, C] maxima and positions, "native" heads return the
+tapped maps, reduced by `_C.unit_max` (OpenMP). Measured in benchmarks/mining.py, the heads are
+within noise of each other on CPU for ZFNet/AlexNet, and "graph" keeps the maps inside ORT's
+arena, so "auto" means "graph".
+
+CUDA: IOBinding. The input is bound from page-locked host memory (the decode workers write straight
+into it), outputs are bound on the device, and the caller merges them into device-resident top-k
+stores through DLPack; only the [N, C] maxima come back to the host, for the per-unit statistics.
+cuDNN's algorithm choice is HEURISTIC, not EXHAUSTIVE: a timing-based choice could differ after a
+restart and with it the last bits of the scores, and a resumed run must equal an uninterrupted one.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..data import Preprocess
+from ._optimize import UINT8_INPUT, rewrite_lrn, uint8_input_graph
+from .errors import MiningError
+
+HEADS = ("auto", "graph", "native")
+
+
+def session_options(threads: int | None, spinning: bool = False):
+    """ORT options used for mining (and by the benchmark)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads or _cores()
+    so.inter_op_num_threads = 1
+    so.enable_mem_pattern = True
+    so.enable_cpu_mem_arena = True
+    so.log_severity_level = 3
+    # Decode threads share the cores with ORT's pool: spinning workers would steal their time.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return so
+
+
+class ForwardSession:
+    """The mining graph of `layers` on `device`; `run(images)` -> [(values, positions)] per layer.
+
+    On CPU the pairs are NumPy arrays (float32 [n, C], int32 [n, C]); on CUDA they are device
+    tensors (DLPack), and `host(values)` copies one to NumPy. `allocate(shape)` makes the batch
+    buffers the decode workers fill (page-locked on CUDA). `iobinding=True` on the CPU runs the
+    CUDA code path with host-bound outputs (it is what the tests exercise without a GPU).
+    `optimize` applies `_optimize.rewrite_lrn` on the CPU (cuDNN's LRN is fast as it is).
+    `uint8_input=pre` makes the session take uint8 [N, H, W, 3] batches and normalise them in the
+    graph with `pre.affine()` (BatchLoader layout "uint8").
+    """
+
+    def __init__(self, model, layers: Sequence, device: str = "cpu", heads: str = "auto",
+                 threads: int | None = None, spinning: bool = False, iobinding: bool | None = None,
+                 optimize: bool = True, uint8_input: Preprocess | None = None):
+        import onnxruntime as ort
+
+        if heads not in HEADS:
+            raise ValueError(f"heads must be one of {HEADS}, not {heads!r}")
+        self.device = device
+        self.heads = "graph" if heads == "auto" else heads
+        self.layers = list(layers)
+        self.input_name = model.input_name
+        self.iobinding = device == "cuda" if iobinding is None else iobinding
+        try:
+            proto = model.mining_graph(self.layers, heads=self.heads)
+        except (ValueError, KeyError) as exc:
+            raise MiningError(f"cannot build the mining graph of {model.name}: {exc}") from None
+        self.rewritten_lrns = 0
+        if device == "cpu" and optimize:
+            proto, self.rewritten_lrns = rewrite_lrn(proto)
+        if uint8_input is not None:
+            proto = uint8_input_graph(proto, self.input_name, uint8_input)
+            self.input_name = UINT8_INPUT
+        if self.heads == "graph":
+            self.outputs = [name for layer in self.layers for name in (layer.max_output, layer.argmax_output)]
+        else:
+            self.outputs = list(dict.fromkeys(layer.tensor for layer in self.layers))
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if device == "cuda":
+            providers.insert(0, ("CUDAExecutionProvider", {
+                "device_id": 0, "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": 0,
+                "do_copy_in_default_stream": 1}))
+        try:
+            self.session = ort.InferenceSession(proto.SerializeToString(), session_options(threads, spinning),
+                                                providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            raise MiningError(f"ONNX Runtime cannot run the mining graph of {model.name}: {exc}") from None
+        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
+            raise MiningError("ONNX Runtime did not keep the CUDA EP for the mining graph; run "
+                              "`cnnviz-fast info` to see why")
+        self._binding = self.session.io_binding() if self.iobinding else None
+        self._pinned: list[tuple[int, int]] = []
+        self._cudart = _cudart() if device == "cuda" else None
+        self.pinned_note = None
+
+    def allocate(self, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+        """A batch buffer; page-locked (cudaHostRegister) for a CUDA session when possible."""
+        buf = np.empty(shape, dtype)
+        if self._cudart is not None:
+            ptr, size = buf.ctypes.data, buf.nbytes
+            if self._cudart.cudaHostRegister(ctypes.c_void_p(ptr), ctypes.c_size_t(size), 1) == 0:
+                self._pinned.append((ptr, size))
+            else:
+                self.pinned_note = "cudaHostRegister failed: input copies use pageable memory"
+        elif self.device == "cuda":
+            self.pinned_note = "libcudart not found by ctypes: input copies use pageable memory"
+        return buf
+
+    def run(self, images: np.ndarray) -> list[tuple[Any, Any]]:
+        try:
+            if self._binding is None:
+                outs = self.session.run(self.outputs, {self.input_name: images})
+            else:
+                outs = self._run_bound(images)
+        except Exception as exc:  # ORT's own error types (Fail, RuntimeException, ...), e.g. out of memory
+            raise MiningError(f"ONNX Runtime failed on a batch of {len(images)} images: {exc}; results up to "
+                              "the last checkpoint are kept, run the same command to resume") from None
+        if self.heads == "graph":
+            return [(outs[2 * i], outs[2 * i + 1]) for i in range(len(self.layers))]
+        by_tensor = dict(zip(self.outputs, outs))
+        return [self._reduce(by_tensor[layer.tensor]) for layer in self.layers]
+
+    def host(self, values) -> np.ndarray:
+        """A NumPy copy (or the array itself on the host) of a `run` output."""
+        if isinstance(values, np.ndarray):
+            return values
+        if hasattr(values, "numpy"):
+            return values.numpy()
+        return np.from_dlpack(values)
+
+    def close(self) -> None:
+        if self._cudart is not None:
+            for ptr, _ in self._pinned:
+                self._cudart.cudaHostUnregister(ctypes.c_void_p(ptr))
+        self._pinned.clear()
+
+    def _run_bound(self, images: np.ndarray) -> list:
+        import onnxruntime as ort
+
+        b = self._binding
+        images = np.ascontiguousarray(images)
+        b.bind_input(self.input_name, "cpu", 0, images.dtype.type, list(images.shape), images.ctypes.data)
+        out_device = "cuda" if self.device == "cuda" else "cpu"
+        for name in self.outputs:
+            b.bind_output(name, out_device, 0)
+        self.session.run_with_iobinding(b)
+        outs: list[ort.OrtValue] = b.get_outputs()
+        b.clear_binding_outputs()
+        return outs  # OrtValues, handed on through DLPack (on the host too, where tests run this path)
+
+    def _reduce(self, tap) -> tuple[Any, Any]:
+        from .. import _C
+
+        shape = tuple(tap.shape() if callable(getattr(tap, "shape", None)) else tap.shape)
+        if len(shape) == 2:  # an fc layer: each unit's map is one number, its own maximum at position 0
+            return tap, np.zeros(shape, np.int32)
+        return _C.unit_max(tap)
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _cudart():
+    """The CUDA runtime library ONNX Runtime's CUDA EP loaded (for cudaHostRegister), or None."""
+    names = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]
+    try:
+        import nvidia.cuda_runtime  # NVIDIA's wheel, when onnxruntime-gpu[cuda] installed it
+
+        base = os.path.join(list(nvidia.cuda_runtime.__path__)[0], "lib")
+        names = [os.path.join(base, n) for n in sorted(os.listdir(base)) if n.startswith("libcudart.so")] + names
+    except (ImportError, OSError, IndexError):
+        pass
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        lib.cudaHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
+        lib.cudaHostUnregister.argtypes = [ctypes.c_void_p]
+        return lib
+    return None

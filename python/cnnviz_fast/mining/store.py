@@ -1,0 +1,260 @@
+"""results.db: the mining results as DESIGN.md lays them out, written by checkpoints.
+
+Tables (SQLite, WAL):
+  run(key, value)                    configuration and provenance, values JSON
+  images(image_id, path)             the manifest, written once when the run is created
+  topk(layer, unit, rank, value, image_id, y, x)   rank 0 strongest; y, x in the layer's map
+  unit_stats(layer, unit, images, mean_max, firing_rate, max)   NULL statistics before any image
+  errors(image_id, path, error)      images that could not be used, with a readable reason
+Bookkeeping for resume:
+  progress(key, value)               status (running | stopped | finished), next_batch,
+                                     images_done, checkpoints, elapsed_s, updated
+  unit_sums(layer, unit, sum_max, fired)   the exact accumulators behind mean_max and firing_rate
+
+Every checkpoint is one transaction that rewrites topk, unit_stats and unit_sums and appends the
+errors of the batches it covers, so the file always holds the state after some whole batch.
+The folder is locked (`fcntl.flock` on DIR/.lock) for as long as a `ResultsDB` is open.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from ._state import LayerSnapshot
+from .errors import ConfigMismatch, MiningError, RunLocked
+
+DB_NAME = "results.db"
+# The run keys that make two runs "the same configuration" (resume only continues such a run).
+CONFIG_KEYS = ("model_sha256", "layers", "top_k", "preprocess", "dataset", "dataset_images",
+               "dataset_fingerprint", "batch_size", "device")
+
+_SCHEMA = """
+CREATE TABLE run(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE images(image_id INTEGER PRIMARY KEY, path TEXT NOT NULL);
+CREATE TABLE topk(layer TEXT NOT NULL, unit INTEGER NOT NULL, rank INTEGER NOT NULL, value REAL NOT NULL,
+                  image_id INTEGER NOT NULL, y INTEGER NOT NULL, x INTEGER NOT NULL,
+                  PRIMARY KEY (layer, unit, rank)) WITHOUT ROWID;
+CREATE TABLE unit_stats(layer TEXT NOT NULL, unit INTEGER NOT NULL, images INTEGER NOT NULL, mean_max REAL,
+                        firing_rate REAL, max REAL, PRIMARY KEY (layer, unit)) WITHOUT ROWID;
+CREATE TABLE errors(image_id INTEGER PRIMARY KEY, path TEXT NOT NULL, error TEXT NOT NULL);
+CREATE TABLE progress(key TEXT PRIMARY KEY, value);
+CREATE TABLE unit_sums(layer TEXT NOT NULL, unit INTEGER NOT NULL, sum_max REAL NOT NULL, fired INTEGER NOT NULL,
+                       PRIMARY KEY (layer, unit)) WITHOUT ROWID;
+"""
+
+
+class ResultsDB:
+    """An output folder's results.db, opened for one miner (locked). Use `open_results`."""
+
+    def __init__(self, out: Path, lock_fd: int, con: sqlite3.Connection):
+        self.out, self.path = out, out / DB_NAME
+        self._lock_fd, self.con = lock_fd, con
+
+    def progress(self) -> dict:
+        return {k: v for k, v in self.con.execute("SELECT key, value FROM progress")}
+
+    def run_info(self) -> dict:
+        return {k: json.loads(v) for k, v in self.con.execute("SELECT key, value FROM run")}
+
+    def error_count(self) -> int:
+        return self.con.execute("SELECT COUNT(*) FROM errors").fetchone()[0]
+
+    def load_state(self, layers: Sequence, k: int) -> list[LayerSnapshot]:
+        """The state the last checkpoint wrote, as host arrays (for MiningState.restore)."""
+        snaps = []
+        for layer in layers:
+            u, w = layer.units, layer.map_shape[1]
+            snap = LayerSnapshot(np.full((u, k), -np.inf, np.float32), np.full((u, k), -1, np.int64),
+                                 np.full((u, k), -1, np.int32), np.zeros(u, np.int64), np.zeros(u, np.float64),
+                                 np.zeros(u, np.int64), np.full(u, -np.inf, np.float32))
+            for unit, rank, value, image_id, y, x in self.con.execute(
+                    "SELECT unit, rank, value, image_id, y, x FROM topk WHERE layer = ?", (layer.name,)):
+                snap.values[unit, rank], snap.image_ids[unit, rank] = value, image_id
+                snap.positions[unit, rank] = y * w + x
+            for unit, images, mx in self.con.execute(
+                    "SELECT unit, images, max FROM unit_stats WHERE layer = ?", (layer.name,)):
+                snap.images[unit] = images
+                snap.max[unit] = -np.inf if mx is None else mx
+            for unit, s, fired in self.con.execute(
+                    "SELECT unit, sum_max, fired FROM unit_sums WHERE layer = ?", (layer.name,)):
+                snap.sum_max[unit], snap.fired[unit] = s, fired
+            snaps.append(snap)
+        return snaps
+
+    def checkpoint(self, layers: Sequence, snaps: Sequence[LayerSnapshot],
+                   errors: Iterable[tuple[int, str, str]], progress: dict) -> None:
+        """Write the state after a whole batch as one transaction."""
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("DELETE FROM topk")
+            con.execute("DELETE FROM unit_stats")
+            con.execute("DELETE FROM unit_sums")
+            for layer, snap in zip(layers, snaps):
+                con.executemany("INSERT INTO topk VALUES (?, ?, ?, ?, ?, ?, ?)", _topk_rows(layer, snap))
+                con.executemany("INSERT INTO unit_stats VALUES (?, ?, ?, ?, ?, ?)", _stats_rows(layer, snap))
+                con.executemany("INSERT INTO unit_sums VALUES (?, ?, ?, ?)",
+                                zip([layer.name] * layer.units, range(layer.units), snap.sum_max.tolist(),
+                                    snap.fired.tolist()))
+            con.executemany("INSERT OR REPLACE INTO errors VALUES (?, ?, ?)", errors)
+            progress = dict(progress, updated=time.time())
+            con.executemany("INSERT OR REPLACE INTO progress VALUES (?, ?)", progress.items())
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def set_run(self, **values) -> None:
+        with _transaction(self.con):
+            self.con.executemany("INSERT OR REPLACE INTO run VALUES (?, ?)",
+                                 [(k, json.dumps(v, sort_keys=True)) for k, v in values.items()])
+
+    def close(self) -> None:
+        try:
+            self.con.close()
+        finally:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+
+
+def open_results(out: str | os.PathLike, config: dict, provenance: dict, manifest,
+                 overwrite: bool = False) -> tuple[ResultsDB, bool]:
+    """Lock `out` and open its results.db for this configuration: (db, resumed).
+
+    A fresh or overwritten folder gets a new run (schema, run keys, images, progress: one
+    transaction). A folder holding a run of the same configuration is resumed (or, finished, left
+    as it is: progress()["status"] says so). Another configuration raises ConfigMismatch unless
+    `overwrite`; another miner holding the lock raises RunLocked.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock_fd = _lock(out)
+    try:
+        path = out / DB_NAME
+        if overwrite:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+        con = _connect(path)
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and not {"run", "progress", "topk"} <= tables:
+            con.close()
+            raise ConfigMismatch(f"{path} is not a cnnviz_fast results database; use --overwrite to replace "
+                                 "it, or --out another folder")
+        db = ResultsDB(out, lock_fd, con)
+        if tables and db.progress().get("status"):
+            try:
+                _check_config(path, db.run_info(), config)
+            except ConfigMismatch:
+                con.close()
+                raise
+            return db, True
+        if tables:  # a creation that never committed cannot exist (one transaction); be safe anyway
+            with _transaction(con):
+                for t in tables:
+                    con.execute(f'DROP TABLE "{t}"')
+        _create(con, config, provenance, manifest)
+        return db, False
+    except BaseException:
+        os.close(lock_fd)
+        raise
+
+
+def _create(con: sqlite3.Connection, config: dict, provenance: dict, manifest) -> None:
+    with _transaction(con):
+        # executescript() would commit on its own: run the statements one by one inside the transaction.
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                con.execute(statement)
+        con.executemany("INSERT INTO run VALUES (?, ?)",
+                        [(k, json.dumps(v, sort_keys=True)) for k, v in {**provenance, **config}.items()])
+        con.executemany("INSERT INTO images VALUES (?, ?)", manifest.paths())
+        con.executemany("INSERT INTO progress VALUES (?, ?)",
+                        [("status", "running"), ("next_batch", 0), ("images_done", 0), ("checkpoints", 0),
+                         ("elapsed_s", 0.0), ("updated", time.time())])
+
+
+def _check_config(path: Path, stored: dict, config: dict) -> None:
+    diffs = []
+    for key in CONFIG_KEYS:
+        old, new = stored.get(key), json.loads(json.dumps(config.get(key), sort_keys=True))
+        if old != new:
+            diffs.append(f"{key}: {_short(old)} -> {_short(new)}")
+    if diffs:
+        raise ConfigMismatch(f"{path} holds a run with another configuration ({'; '.join(diffs)}). "
+                             "Use --overwrite to replace it, or --out another folder.")
+
+
+def _short(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "name" in value[0]:
+        text = ",".join(str(v["name"]) for v in value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _topk_rows(layer, snap: LayerSnapshot):
+    units, ranks = np.nonzero(snap.image_ids >= 0)
+    w = layer.map_shape[1]
+    pos = snap.positions[units, ranks].astype(np.int64)
+    return zip([layer.name] * len(units), units.tolist(), ranks.tolist(),
+               snap.values[units, ranks].astype(np.float64).tolist(), snap.image_ids[units, ranks].tolist(),
+               (pos // w).tolist(), (pos % w).tolist())
+
+
+def _stats_rows(layer, snap: LayerSnapshot):
+    n = snap.images
+    seen = n > 0
+    safe = np.where(seen, n, 1)
+    mean = np.where(seen, snap.sum_max / safe, np.nan)
+    rate = np.where(seen, snap.fired / safe, np.nan)
+    mx = np.where(seen, snap.max.astype(np.float64), np.nan)
+    for unit in range(layer.units):
+        if seen[unit]:
+            yield layer.name, unit, int(n[unit]), float(mean[unit]), float(rate[unit]), float(mx[unit])
+        else:
+            yield layer.name, unit, 0, None, None, None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        con = sqlite3.connect(path, isolation_level=None, timeout=30.0, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=FULL")
+    except sqlite3.DatabaseError as exc:
+        raise ConfigMismatch(f"{path} is not a readable SQLite database ({exc}); use --overwrite to "
+                             "replace it, or --out another folder") from None
+    return con
+
+
+class _transaction:
+    def __init__(self, con: sqlite3.Connection):
+        self.con = con
+
+    def __enter__(self):
+        self.con.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_):
+        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _lock(out: Path) -> int:
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = f" (pid {holder})" if holder.isdigit() else ""
+        raise RunLocked(f"{out} is being mined by another cnnviz-fast process{who}; wait for it to "
+                        "finish, or use another --out") from None
+    except OSError as exc:
+        os.close(fd)
+        raise MiningError(f"cannot lock {out / '.lock'}: {exc}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd

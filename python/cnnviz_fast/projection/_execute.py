@@ -1,0 +1,72 @@
+"""Running a compiled plan: one reverse pass of a batch of seeds, stage by stage.
+
+Per seed batch the host builds only small index arrays: each level's window rows into the
+channels-last forward tensors (`_window.window_index`), the off-map masks of windowed ConvT outputs,
+and the seed's channel / position one-hots. Signals stay OrtValues on the device throughout.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._device import Device
+from ._forward import Forward
+from ._plan import CompiledPlan
+from ._window import window_index
+
+
+def run_pass(dev: Device, fwd: Forward, plan: CompiledPlan, s: np.ndarray):
+    """One reverse pass of seeds `s` (int64 [S, 4]) through the plan's stages -> the image-level
+    OrtValue [S, C, h, w] (the whole image, or each seed's box when the plan is windowed)."""
+    n = s[:, 0]
+    cache: dict = {}
+
+    def index(level):
+        if level not in cache:
+            if not level.spatial:
+                cache[level] = (n.copy(), None, None)
+            else:
+                top, left = level.origins(s[:, 2], s[:, 3])
+                cache[level] = window_index(n, top, left, level.size, level.map, fwd.images)
+        return cache[level]
+
+    signal = None
+    for stage, sess in zip(plan.stages, plan.sessions):
+        feeds = _seed_feeds(plan, s, fwd) if stage.first else {"x": signal}
+        for j in stage.gather_levels:
+            feeds[f"idx{j}"] = index(stage.levels[j])[0]
+        for k, (_, tensor) in enumerate(stage.masks):
+            feeds[f"src{k}"] = fwd.source(tensor)
+        for j in stage.valid_levels:
+            _, rows, cols = index(stage.levels[j])
+            feeds[f"rows{j}"] = rows.astype(np.float32)[:, None, :, None]
+            feeds[f"cols{j}"] = cols.astype(np.float32)[:, None, None, :]
+        u = stage.unpool
+        if u is None:
+            signal = dev.run(sess, feeds, ["y"])[0]
+            continue
+        feeds["sw_src"] = fwd.switches(u)
+        y, sw = dev.run(sess, feeds, ["y", "sw"])
+        if plan.windowed:
+            signal = dev.unpool(y, sw, u.kernel, u.strides, (0, 0, 0, 0), u.dilations, stage.unpool_size)
+        else:
+            signal = dev.unpool(y, sw, u.kernel, u.strides, u.pads, u.dilations, u.out_shape[1:])
+    return signal
+
+
+def _seed_feeds(plan: CompiledPlan, s: np.ndarray, fwd: Forward) -> dict:
+    first = plan.levels[0]
+    S = len(s)
+    feeds = {"tap": fwd.values[plan.layer.tensor]}
+    onehot = np.zeros((S, first.channels), np.float32)
+    onehot[np.arange(S), s[:, 1]] = 1.0
+    if first.spatial:
+        feeds["seed_at"] = np.ascontiguousarray(s)
+        feeds["onehot"] = onehot[:, :, None, None]
+        if first.size != (1, 1):
+            where = np.zeros((S, 1, *first.size), np.float32)
+            where[np.arange(S), 0, s[:, 2], s[:, 3]] = 1.0
+            feeds["where"] = where
+    else:
+        feeds["seed_at"] = np.ascontiguousarray(s[:, :2])
+        feeds["onehot"] = onehot
+    return feeds

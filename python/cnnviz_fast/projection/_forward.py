@@ -1,0 +1,84 @@
+"""The forward half of a projection: one image batch through the projection graph, once.
+
+`Forward` keeps, on the device, what the reverse passes of that batch read: the tapped tensors
+(seed values), the switches of every MaxPool on the way (native `switch_pool`, uint8, recorded
+once per image however many seeds use them) and, in guided / gradient mode, the ReLU outputs.
+Switches and ReLU outputs are kept channels-last with one fill row (see `_graphs.prep_graph`),
+so any seed's window of them is one gather.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from ..graph import Unpool
+
+
+class Forward:
+    """Forward results of `images` images for `layers` (make them with `Projector.forward`; any
+    projector of the same model on the same device can use them)."""
+
+    def __init__(self, projector, images: int, values: dict, layers: list[str]):
+        self._projector = projector
+        self.model = projector.model
+        self.device = projector.device.name
+        self.images = images
+        self.layers = layers
+        self.values = values
+        self._sources: dict[str, object] = {}
+        self._switches: dict[tuple, object] = {}
+
+    def source(self, tensor: str):
+        """`tensor` as rows [N*H*W + 1, C] (fill 0), prepared on first use."""
+        if tensor not in self._sources:
+            self._sources[tensor] = self._prep(self.values[tensor], TensorProto.FLOAT, 0.0)
+        return self._sources[tensor]
+
+    def switches(self, step: Unpool):
+        """Switches of `step`'s MaxPool as rows [N*OH*OW + 1, C] (fill 255), recorded on first use."""
+        key = (step.input_tensor, step.kernel, step.strides, step.pads, step.dilations, step.ceil_mode)
+        if key not in self._switches:
+            dev = self._projector.device
+            raw = dev.switches(self.values[step.input_tensor], step.kernel, step.strides, step.pads,
+                               step.dilations, step.ceil_mode)
+            self._switches[key] = self._prep(raw, TensorProto.UINT8, 255)
+        return self._switches[key]
+
+    @property
+    def switch_bytes(self) -> int:
+        """Bytes of the switches held now (uint8; int64 indices would take 8x)."""
+        return sum(int(np.prod(v.shape())) for v in self._switches.values())
+
+    def _prep(self, value, dtype: int, fill):
+        shape = value.shape()
+        sess = self._projector._prep_session(shape[1], len(shape) == 4, dtype, fill)
+        return self._projector.device.run(sess, {"x": value}, ["y"])[0]
+
+
+def forward_graphs(model, layers: list) -> list[tuple[onnx.ModelProto, list[str]]]:
+    """Forward graphs (with their outputs) covering every tensor the plans of `layers` read.
+
+    For a chain CNN one graph does: the deepest layer's projection graph computes every earlier
+    layer's tensors too, which are added as outputs. Layers it does not cover get their own.
+    """
+    needs = {layer.name: model.reverse_plan(layer).forward_outputs for layer in layers}
+    protos = {layer.name: model.projection_graph(layer) for layer in layers}
+    pending = sorted(layers, key=lambda layer: -len(protos[layer.name].graph.node))
+    graphs = []
+    while pending:
+        base, rest = pending[0], []
+        proto = protos[base.name]
+        produced = {t for node in proto.graph.node for t in node.output}
+        outputs = list(needs[base.name])
+        for layer in pending[1:]:
+            if all(t in produced for t in needs[layer.name]):
+                outputs += [t for t in needs[layer.name] if t not in outputs]
+            else:
+                rest.append(layer)
+        have = {o.name for o in proto.graph.output}
+        proto.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
+                                  for t in outputs if t not in have)
+        graphs.append((proto, outputs))
+        pending = rest
+    return graphs

@@ -1,0 +1,228 @@
+"""The ONNX models the projector runs besides the forward graph.
+
+- `prep_graph`: a forward tensor [N, C, H, W] as rows [N*H*W + 1, C] (channels last), the extra
+  last row holding a fill value (0, or switch 255 = "no window"). Any per-seed window is then one
+  Gather of row indices, with positions off the map pointing at the fill row.
+- `stage_graph`: one stage of a reverse pass: the seed (first stage) or the incoming signal, the
+  per-seed gathers of ReLU masks, the steps, and the gathered switches of the Unpool that follows.
+  Full-frame stages inline the graph compiler's segment (`build_segment`); windowed stages emit the
+  same ops on windows: ConvTranspose without pads, then zero what lies off the map.
+- `regrid_graph`: per-seed windows of a result (crop to the box, or paste the box into the frame).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..graph import AvgPoolT, ConvT, Identity, Relu, Scale, Step, Unpool, build_segment
+from ._window import Level
+
+OPSET = 17
+IR_VERSION = 8
+_NHWC_TO_NCHW = [0, 3, 1, 2]
+
+
+@dataclass(eq=False)
+class Stage:
+    """Steps run by one ONNX Runtime session, then (optionally) one native unpool.
+
+    `levels` are the tensors before each step and after the last; `first`: the stage makes the
+    seed from the tapped tensor; `masks`: (level, forward ReLU tensor) gathered per seed in guided /
+    gradient mode, in step order; `unpool`: the native step that follows, whose switches this
+    stage gathers at its last level, and `unpool_size` the (h, w) it unpools to.
+    """
+
+    steps: list[Step]
+    levels: list[Level]
+    first: bool
+    windowed: bool
+    unpool: Unpool | None = None
+    unpool_size: tuple[int, int] | None = None
+    masks: list[tuple[int, str]] = field(default_factory=list)
+    proto: onnx.ModelProto | None = None
+
+    @property
+    def gather_levels(self) -> list[int]:
+        """Stage levels whose per-seed row index the stage takes as input `idx{level}`."""
+        wanted = {j for j, _ in self.masks}
+        if self.unpool is not None:
+            wanted.add(len(self.steps))
+        return sorted(wanted)
+
+    @property
+    def valid_levels(self) -> list[int]:
+        """Windowed levels after a ConvT, zeroed off the map with inputs `rows{j}` / `cols{j}`."""
+        if not self.windowed:
+            return []
+        return [j + 1 for j, s in enumerate(self.steps) if isinstance(s, ConvT)]
+
+
+class _Builder:
+    def __init__(self):
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self._n = 0
+
+    def fresh(self, prefix: str = "t") -> str:
+        self._n += 1
+        return f"{prefix}{self._n}"
+
+    def input(self, name: str, dtype: int, shape: list) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, dtype, shape))
+        return name
+
+    def const(self, value: np.ndarray) -> str:
+        name = self.fresh("c")
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], out: str | None = None, **attrs) -> str:
+        out = out or self.fresh()
+        self.nodes.append(helper.make_node(op, inputs, [out], self.fresh(op + "_"), **attrs))
+        return out
+
+    def model(self, outputs: list[tuple[str, int]]) -> onnx.ModelProto:
+        outs = [helper.make_tensor_value_info(name, dtype, None) for name, dtype in outputs]
+        graph = helper.make_graph(self.nodes, "cnnviz_projection", self.inputs, outs, self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                  producer_name="cnnviz_fast")
+        model.ir_version = IR_VERSION
+        return model
+
+
+def prep_graph(channels: int, spatial: bool, dtype: int, fill) -> onnx.ModelProto:
+    """x [N, C, H, W] (or [N, C]) -> y [N*H*W + 1, C], channels last, last row = `fill`."""
+    b = _Builder()
+    x = b.input("x", dtype, ["N", channels, "H", "W"] if spatial else ["N", channels])
+    if spatial:
+        x = b.node("Transpose", [x], perm=[0, 2, 3, 1])
+    rows = b.node("Reshape", [x, b.const(np.array([-1, channels], np.int64))])
+    np_type = helper.tensor_dtype_to_np_dtype(dtype)
+    b.node("Concat", [rows, b.const(np.full((1, channels), fill, np_type))], "y", axis=0)
+    return b.model([("y", dtype)])
+
+
+def regrid_graph(channels: int) -> onnx.ModelProto:
+    """x [S, C, h, w], idx [S, h2, w2] (rows of x flattened per seed, S*h*w = zero) -> [S, C, h2, w2]."""
+    b = _Builder()
+    x = b.input("x", TensorProto.FLOAT, ["S", channels, "h", "w"])
+    idx = b.input("idx", TensorProto.INT64, ["S", "h2", "w2"])
+    rows = b.node("Reshape", [b.node("Transpose", [x], perm=[0, 2, 3, 1]),
+                              b.const(np.array([-1, channels], np.int64))])
+    rows = b.node("Concat", [rows, b.const(np.zeros((1, channels), np.float32))], axis=0)
+    b.node("Transpose", [b.node("Gather", [rows, idx], axis=0)], "y", perm=_NHWC_TO_NCHW)
+    return b.model([("y", TensorProto.FLOAT)])
+
+
+def stage_graph(stage: Stage, mode: str) -> onnx.ModelProto:
+    """The ONNX model of `stage`; inputs as described in `Stage`, outputs "y" (and "sw")."""
+    b = _Builder()
+    lv = stage.levels
+    x = _seed(b, lv[0]) if stage.first else b.input("x", TensorProto.FLOAT, _dims(lv[0]))
+    index = {j: b.input(f"idx{j}", TensorProto.INT64, _index_dims(lv[j])) for j in stage.gather_levels}
+    masks = []
+    for k, (j, _) in enumerate(stage.masks):
+        src = b.input(f"src{k}", TensorProto.FLOAT, ["M", lv[j].channels])
+        masks.append(_gather(b, src, index[j], lv[j]))
+    if stage.windowed:
+        y = _window_body(b, stage, x, masks, mode)
+    else:
+        y = _inline_segment(b, stage.steps, x, masks, mode)
+    b.node("Identity", [y], "y")
+    outputs = [("y", TensorProto.FLOAT)]
+    if stage.unpool is not None:
+        last = len(stage.steps)
+        src = b.input("sw_src", TensorProto.UINT8, ["M", lv[last].channels])
+        b.node("Identity", [_gather(b, src, index[last], lv[last])], "sw")
+        outputs.append(("sw", TensorProto.UINT8))
+    return b.model(outputs)
+
+
+def _dims(level: Level) -> list:
+    return ["S", level.channels, *level.size] if level.spatial else ["S", level.channels]
+
+
+def _index_dims(level: Level) -> list:
+    return ["S", *level.size] if level.spatial else ["S"]
+
+
+def _seed(b: _Builder, level: Level) -> str:
+    """The seed map: zero except each seed's activation value at (c, y, x) of its image.
+
+    Inputs: "tap" (the forward tensor, all images), "seed_at" [S, rank] (n, c, y, x),
+    "onehot" [S, C, 1, 1] (1 at the seed's channel) and, for a full map, "where" [S, 1, H, W].
+    """
+    spatial = level.spatial
+    tap = b.input("tap", TensorProto.FLOAT, ["N", level.channels, "H", "W"] if spatial else ["N", level.channels])
+    at = b.input("seed_at", TensorProto.INT64, ["S", 4 if spatial else 2])
+    onehot = b.input("onehot", TensorProto.FLOAT, ["S", level.channels, 1, 1] if spatial else ["S", level.channels])
+    value = b.node("GatherND", [tap, at])
+    value = b.node("Reshape", [value, b.const(np.array([-1, 1, 1, 1] if spatial else [-1, 1], np.int64))])
+    x = b.node("Mul", [value, onehot])
+    if spatial and level.size != (1, 1):
+        x = b.node("Mul", [x, b.input("where", TensorProto.FLOAT, ["S", 1, *level.size])])
+    return x
+
+
+def _gather(b: _Builder, src: str, idx: str, level: Level) -> str:
+    rows = b.node("Gather", [src, idx], axis=0)
+    return b.node("Transpose", [rows], perm=_NHWC_TO_NCHW) if level.spatial else rows
+
+
+def _relu(b: _Builder, x: str, mode: str, mask: str | None) -> str:
+    if mode == "deconvnet":
+        return b.node("Relu", [x])
+    keep = b.node("Greater", [mask, b.const(np.zeros((), np.float32))])
+    signal = b.node("Relu", [x]) if mode == "guided" else x
+    return b.node("Where", [keep, signal, b.const(np.zeros((), np.float32))])
+
+
+def _window_body(b: _Builder, stage: Stage, x: str, masks: list[str], mode: str) -> str:
+    relus = iter(masks)
+    for j, step in enumerate(stage.steps):
+        if isinstance(step, Relu):
+            x = _relu(b, x, mode, next(relus, None))
+        elif isinstance(step, ConvT):
+            # No pads: the window already starts where the forward padding would; what lands
+            # off the map (the forward op read padding there) is zeroed right after.
+            x = b.node("ConvTranspose", [x, b.const(step.weight)], strides=list(step.strides),
+                       dilations=list(step.dilations), group=int(step.group), pads=[0, 0, 0, 0])
+            level = stage.levels[j + 1]
+            rows = b.input(f"rows{j + 1}", TensorProto.FLOAT, ["S", 1, level.size[0], 1])
+            cols = b.input(f"cols{j + 1}", TensorProto.FLOAT, ["S", 1, 1, level.size[1]])
+            x = b.node("Mul", [b.node("Mul", [x, rows]), cols])
+        elif isinstance(step, Scale):
+            x = b.node("Mul", [x, b.const(step.factor.astype(np.float32))])
+        elif not isinstance(step, (Identity, AvgPoolT)):
+            raise TypeError(f"step {type(step).__name__} cannot run in a window")
+    return x
+
+
+def _inline_segment(b: _Builder, steps: list[Step], x: str, masks: list[str], mode: str) -> str:
+    """Copy the graph compiler's segment for `steps` into `b`, wired to `x` and the masks."""
+    if all(isinstance(s, Identity) or (isinstance(s, AvgPoolT) and s.is_identity) for s in steps):
+        return x
+    seg = build_segment(steps, mode)
+    prefix = b.fresh("seg") + "/"
+    names = {"x": x, **{name: masks[k] for k, (name, _) in enumerate(seg.mask_inputs)}}
+
+    def rename(t: str) -> str:
+        return names.get(t, prefix + t) if t else t
+
+    for init in seg.proto.graph.initializer:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(init)
+        copy.name = rename(init.name)
+        b.inits.append(copy)
+    for node in seg.proto.graph.node:
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        copy.name = prefix + node.name
+        copy.input[:] = [rename(t) for t in node.input]
+        copy.output[:] = [rename(t) for t in node.output]
+        b.nodes.append(copy)
+    return rename(seg.output)

@@ -1,0 +1,148 @@
+"""What the report shows, gathered from results.db, the projection markers and (when its file is
+still there) the model: one `LayerView` per mined layer and the run's summary."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..project_pass import MARKER, PROJECTIONS, Results
+from ..project_pass.results import LayerInfo, TopK
+
+
+@dataclass
+class LayerView:
+    """A mined layer with everything its pages need."""
+
+    info: LayerInfo
+    slug: str
+    topk: TopK
+    stats: list[dict]
+    marker: dict | None
+    rf: dict = field(default_factory=dict)   # size, stride, start (lists), or empty when unknown
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def projected(self) -> bool:
+        return self.marker is not None
+
+    @property
+    def dead(self) -> int:
+        return sum(1 for s in self.stats if s["dead"])
+
+    @property
+    def stale(self) -> list[dict]:
+        return list(self.marker["stale"]) if self.marker else []
+
+    def files(self, unit: int) -> list[str] | None:
+        """[recon grid, patch grid] file names of a unit (inside projections/<slug>/), or None."""
+        if not self.marker:
+            return None
+        return self.marker["files"][unit]
+
+    def status(self, unit: int, rank: int) -> str:
+        """"ok", "stale", "empty" (no image for that rank) or "missing" (layer not projected)."""
+        if not self.marker:
+            return "missing" if self.topk.image_ids[unit, rank] >= 0 else "empty"
+        return {0: "empty", 1: "ok", 2: "stale"}[self.marker["status"][unit][rank]]
+
+    def box(self, unit: int, rank: int) -> list[int] | None:
+        if self.marker and self.marker.get("boxes"):
+            return self.marker["boxes"][unit][rank]
+        if not self.rf or self.topk.image_ids[unit, rank] < 0:
+            return None
+        y, x = int(self.topk.ys[unit, rank]), int(self.topk.xs[unit, rank])
+        top, left = self.rf["start"][0] + y * self.rf["stride"][0], self.rf["start"][1] + x * self.rf["stride"][1]
+        return [top, left, top + self.rf["size"][0], left + self.rf["size"][1]]
+
+
+@dataclass
+class RunView:
+    """The whole run: configuration, counts, layers, the model (None when its file is gone)."""
+
+    out: Path
+    run: dict
+    counts: dict
+    errors: list
+    layers: list[LayerView]
+    paths: dict[int, str]
+    model: object | None
+    model_note: str
+    input_hw: tuple[int, int]
+    thumbs: dict[int, str] = field(default_factory=dict)  # image_id -> path inside report/
+
+
+def slug(name: str) -> str:
+    """A layer name made safe as a file name (the rule of `cnnviz_fast.graph.Layer.slug`)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "layer"
+
+
+def gather(out: Path) -> RunView:
+    with Results(out) as res:
+        run, counts, errors = res.run, res.counts(), res.errors()
+        model, note = _model(run)
+        views = []
+        for info in res.layers():
+            s = slug(info.name)
+            marker = _marker(out / PROJECTIONS / s)
+            views.append(LayerView(info, s, res.topk(info), res.unit_stats(info), marker, _rf(model, info, marker)))
+        ids = np.unique(np.concatenate([v.topk.image_ids.ravel() for v in views] or [np.zeros(0, np.int64)]))
+        paths = res.paths(ids)
+    size = run.get("input_size") or [3, *((run.get("preprocess") or {}).get("crop") or [0, 0])]
+    return RunView(out, run, counts, errors, views, paths, model, note, (int(size[-2]), int(size[-1])))
+
+
+def first_conv_weights(model) -> np.ndarray | None:
+    """float32 [C_out, 3, kh, kw] of the model's first Conv (BatchNorm folded), channels in RGB
+    order, or None when the graph has none with a constant weight."""
+    from onnx import numpy_helper
+
+    g = model.proto.graph
+    inits = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inits:
+            w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+            if w.ndim == 4 and str(model.preprocess.get("channel_order", "RGB")).upper() == "BGR" and w.shape[1] == 3:
+                w = w[:, ::-1]
+            return w
+    return None
+
+
+def _model(run: dict):
+    from ..model import Model
+
+    path = run.get("model_path")
+    if not path or not Path(path).is_file():
+        return None, f"model file {path or '(not recorded)'} not found: filters and layer geometry left out"
+    try:
+        model = Model.load(path)
+    except Exception as exc:  # a report must still come out; say what was left out
+        return None, f"model {path} could not be loaded ({exc}): filters left out"
+    if run.get("model_sha256") and model.sha256 != run["model_sha256"]:
+        return None, f"model {path} changed since mining (sha256 differs): filters left out"
+    return model, ""
+
+
+def _marker(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _rf(model, info: LayerInfo, marker: dict | None) -> dict:
+    if marker:
+        return {"size": marker["rf_size"], "stride": marker["rf_stride"], "start": marker["rf_start"]}
+    if model is None:
+        return {}
+    try:
+        layer = model.layer(info.name)
+        return {"size": list(layer.rf_size), "stride": list(layer.rf_stride), "start": list(layer.rf_start)}
+    except Exception:  # an op without known geometry: the pages show no boxes for this layer
+        return {}
