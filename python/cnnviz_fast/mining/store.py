@@ -17,7 +17,6 @@ The folder is locked (`fcntl.flock` on DIR/.lock) for as long as a `ResultsDB` i
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
@@ -27,6 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .._dirlock import FolderBusy, lock_folder
 from ._state import LayerSnapshot
 from .errors import ConfigMismatch, MiningError, RunLocked
 
@@ -243,18 +243,10 @@ class _transaction:
 
 
 def _lock(out: Path) -> int:
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        os.close(fd)
-        who = f" (pid {holder})" if holder.isdigit() else ""
-        raise RunLocked(f"{out} is being mined by another cnnviz-fast process{who}; wait for it to "
+        return lock_folder(out)
+    except FolderBusy as busy:
+        raise RunLocked(f"{out} is being mined by another cnnviz-fast process{busy.who}; wait for it to "
                         "finish, or use another --out") from None
     except OSError as exc:
-        os.close(fd)
         raise MiningError(f"cannot lock {out / '.lock'}: {exc}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd

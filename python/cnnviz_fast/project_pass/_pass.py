@@ -1,7 +1,6 @@
 """`project()`: pass 2, from results.db to DIR/projections/."""
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
@@ -11,6 +10,7 @@ from typing import Sequence, TextIO
 
 import numpy as np
 
+from .._dirlock import FolderBusy, lock_folder, unlock_folder
 from ..data import Preprocess, default_workers, open_manifest
 from ._images import ImageCache, scratch_path
 from ._layer import MARKER, LayerJob, project_layer
@@ -126,7 +126,7 @@ def project(out_dir: str | os.PathLike, *, layers: str | Sequence[str] | None = 
     finally:
         if manifest is not None:
             manifest.close()
-        _unlock(lock)
+        unlock_folder(lock)
 
 
 def _run(jobs, ids, paths, model, manifest, pre, projector, summary: ProjectionSummary, root: Path, t0: float, *,
@@ -161,24 +161,10 @@ def _run(jobs, ids, paths, model, manifest, pre, projector, summary: ProjectionS
 def _lock(out: Path) -> int:
     """Hold DIR/.lock (the miner's lock file) while projecting: no miner and no second projection
     may write to the folder meanwhile."""
-    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        os.close(fd)
-        who = f" (pid {holder})" if holder.isdigit() else ""
-        raise ProjectionError(f"{out} is in use by another cnnviz-fast process{who}; wait for it to finish") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
-
-
-def _unlock(fd: int) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+        return lock_folder(out)
+    except FolderBusy as busy:
+        raise ProjectionError(f"{out} is in use by another cnnviz-fast process{busy.who}; wait for it to finish") from None
 
 
 def _done(folder: Path, config: dict, save_arrays: bool) -> bool:
