@@ -22,8 +22,9 @@ Both sides use the same thread count (torch.set_num_threads; ORT intra-op thread
 _C.set_num_threads). By default `--units` units per layer, evenly spaced, are timed and the time of
 all of the layer's units is extrapolated linearly (the output says so); `--all` times every seed.
 Each layer's windowed result is checked against the baseline on the timed seeds (relative error,
-per seed against its own maximum; a seed whose path crosses a max-pool near-tie, where ORT's and
-torch's float32 forwards round differently and so pick different switches, can differ by far more). Targets (issue 4, on a 2-core CPU): windowed >= 2x the
+per seed against its own maximum). A few seeds differ by more than 1e-4 for float32 reasons: a
+max-pool near-tie that ORT's and torch's forwards round apart (different switches), or a seed
+activation near zero; against float64 autograd the baseline is as often the one that is off. Targets (issue 4, on a 2-core CPU): windowed >= 2x the
 baseline summed over the five layers, and >= 5x on conv1 and on conv2 each.
 """
 from __future__ import annotations
@@ -222,9 +223,10 @@ def _spread(total: int, count: int) -> list[int]:
 
 def _time_layer(name, x, seeds, scale, win, full, baseline, warmup) -> dict:
     warm = seeds[: min(len(seeds), warmup * baseline.batch)]
-    for p in (win, full):
-        p.project(x, layer=name, seeds=warm)
-    baseline.project(x, warm, name)
+    if len(warm):
+        for p in (win, full):
+            p.project(x, layer=name, seeds=warm)
+        baseline.project(x, warm, name)
     t_fwd = _timed(lambda: win.forward(x, [name]))[1]
     fwd_w = win.forward(x, [name])
     fwd_f = full.forward(x, [name])
@@ -269,9 +271,11 @@ def _print_table(rows, args, u8, i64) -> None:
           f"{sum(r['full_s'] for r in rows):.1f} s, windowed {tw:.1f} s (each layer's time includes its own "
           f"forward of the {args.images} images)")
     if any(r["over_1e-4"] for r in rows):
-        print("seeds over 1e-4: a max-pool window whose two largest inputs differ by float32 rounding, "
-              "where ORT's and torch's forward passes pick different switches (both right for their own "
-              "forward; tests/test_projector_models.py holds the projector to 1e-4 against float64)")
+        print("seeds over 1e-4 come from float32 rounding, not from the method: a max-pool window whose two "
+              "largest inputs are within rounding of each other (ORT's and torch's forward passes then pick "
+              "different switches), or a seed activation near zero (cancellation). Checked against float64 "
+              "autograd, the float32 baseline is as often the one that is off; tests/test_projector_models.py "
+              "holds the projector to 1e-4 of a float64 autograd deconvnet.")
     if extrap:
         print(f"times extrapolated linearly from {args.units} timed units per layer (x{args.top} seeds each); "
               "--all times every seed")

@@ -63,7 +63,10 @@ class Device:
     def stream_handle(self) -> int | None:
         return None if self.stream is None else self.stream.value
 
-    def session(self, proto: onnx.ModelProto):
+    def session(self, proto: onnx.ModelProto, once_per_batch: bool = False):
+        """An ORT session for `proto`. On the CPU, sessions run once per image batch (forward,
+        preparing switches) allocate without an arena, whose peak would stay reserved per session;
+        the reverse-pass sessions, run for every seed batch, share one process-wide arena."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -71,6 +74,10 @@ class Device:
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        if once_per_batch:
+            so.enable_cpu_mem_arena = False
+        elif _shared_cpu_arena():
+            so.add_session_config_entry("session.use_env_allocators", "1")
         providers: list[Any] = ["CPUExecutionProvider"]
         if self.name == "cuda":
             so.use_deterministic_compute = True
@@ -125,6 +132,24 @@ class Device:
 
     def _stream_arg(self) -> dict:
         return {} if self.stream is None else {"stream": self.stream_handle}
+
+
+_ARENA: list[bool] = []
+
+
+def _shared_cpu_arena() -> bool:
+    """Register (once) a CPU arena that sessions may share; False if ORT would not have it."""
+    if not _ARENA:
+        import onnxruntime as ort
+
+        mem = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        try:
+            ort.create_and_register_allocator(mem, ort.OrtArenaCfg(0, -1, -1, -1))
+            _ARENA.append(True)
+        except Exception as exc:  # ORT raises a plain RuntimeError/Fail
+            # Someone else in this process registered one already: share theirs.
+            _ARENA.append("already" in str(exc).lower())
+    return _ARENA[0]
 
 
 def _cores() -> int:

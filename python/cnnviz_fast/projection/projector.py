@@ -21,8 +21,8 @@ import numpy as np
 
 from ..graph import Layer, MODES
 from ._device import Device, resolve_device
-from ._forward import Forward, forward_graphs
 from ._execute import run_pass
+from ._forward import Forward, forward_graphs
 from ._graphs import prep_graph, regrid_graph
 from ._plan import CompiledPlan, compile_plan
 from ._window import window_index
@@ -67,7 +67,7 @@ class Projector:
         x = self._check_images(x)
         key = tuple(layer.name for layer in layers)
         if key not in self._forwards:
-            self._forwards[key] = [(self.device.session(proto), outs)
+            self._forwards[key] = [(self.device.session(proto, once_per_batch=True), outs)
                                    for proto, outs in forward_graphs(self.model, layers)]
         values = {}
         for sess, outs in self._forwards[key]:
@@ -96,7 +96,7 @@ class Projector:
     def seed_values(self, x, layer: str | Layer, seeds) -> np.ndarray:
         """float32 [S]: the activation each seed projects (to check against stored top-k values)."""
         layer = self._layer(layer)
-        fwd = x if isinstance(x, Forward) else self.forward(x, [layer])
+        fwd = self._forward_for(x, layer)
         s = _seed_array(seeds, layer, fwd.images)
         tap = self.device.host(fwd.values[layer.tensor])
         return tap[tuple(s.T)] if tap.ndim == 4 else tap[s[:, 0], s[:, 1]]
@@ -120,11 +120,7 @@ class Projector:
     def _project(self, x, layer, seeds, windowed, boxes: bool) -> np.ndarray:
         layer = self._layer(layer)
         plan = self._plan(layer, self.windowed if windowed is None else windowed)
-        fwd = x if isinstance(x, Forward) else self.forward(x, [layer])
-        if fwd.model is not self.model or fwd.device != self.device.name:
-            raise ValueError("this Forward was made by a projector of another model or device")
-        if layer.name not in fwd.layers:
-            raise ValueError(f"this Forward was made for layers {fwd.layers}, not {layer.name!r}")
+        fwd = self._forward_for(x, layer)
         s = _seed_array(seeds, layer, fwd.images)
         h, w = self.model.input_size[1:]
         size = tuple(layer.rf_size) if boxes else (h, w)
@@ -151,6 +147,15 @@ class Projector:
         return self.device.run(self._session(("regrid", channels), lambda: regrid_graph(channels)),
                                {"x": y, "idx": idx}, ["y"])[0]
 
+    def _forward_for(self, x, layer: Layer) -> Forward:
+        if not isinstance(x, Forward):
+            return self.forward(x, [layer])
+        if x.model is not self.model or x.device != self.device.name:
+            raise ValueError("this Forward was made by a projector of another model or device")
+        if layer.name not in x.layers:
+            raise ValueError(f"this Forward was made for layers {x.layers}, not {layer.name!r}")
+        return x
+
     def _layer(self, layer: str | Layer) -> Layer:
         return layer if isinstance(layer, Layer) else self.model.layer(layer)
 
@@ -163,11 +168,11 @@ class Projector:
 
     def _prep_session(self, channels: int, spatial: bool, dtype: int, fill):
         key = ("prep", channels, spatial, dtype, fill)
-        return self._session(key, lambda: prep_graph(channels, spatial, dtype, fill))
+        return self._session(key, lambda: prep_graph(channels, spatial, dtype, fill), once_per_batch=True)
 
-    def _session(self, key, build):
+    def _session(self, key, build, once_per_batch: bool = False):
         if key not in self._sessions:
-            self._sessions[key] = self.device.session(build())
+            self._sessions[key] = self.device.session(build(), once_per_batch)
         return self._sessions[key]
 
     def _check_images(self, x) -> np.ndarray:
