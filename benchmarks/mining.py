@@ -164,7 +164,7 @@ def bench_model(name, data, args, results):
     from cnnviz_fast.mining import mine
     from cnnviz_fast.mining._session import ForwardSession
     from cnnviz_fast.mining._state import MiningState
-    from cnnviz_fast.model import Model
+    from cnnviz_fast.graph import Model
 
     model = Model.load(name, random_weights=True, seed=0)
     taps = model.taps([f"conv{i}" for i in range(1, 6)])
@@ -237,7 +237,7 @@ def bench_model(name, data, args, results):
 
 def bench_decode(data, args, results):
     from cnnviz_fast.data import BatchLoader, Preprocess, open_manifest
-    from cnnviz_fast.model import Model
+    from cnnviz_fast.graph import Model
 
     model = Model.load("alexnet", random_weights=True, seed=0)
     manifest = open_manifest(data)
@@ -312,7 +312,7 @@ def rss(args) -> int:
             _export_small(model_path)
         model, what = str(model_path), "a small 3-conv CNN, 56x56 input"
     else:
-        from cnnviz_fast.model import Model
+        from cnnviz_fast.graph import Model
 
         model = str(Model.load(args.rss_model, random_weights=True, seed=0).path)
         what = f"{args.rss_model}, random weights, 224x224 input, conv1..conv5"

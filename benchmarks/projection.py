@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     import torch
 
     from cnnviz_fast import _C
-    from cnnviz_fast.model import Model
+    from cnnviz_fast.graph import Model
     from cnnviz_fast.projection import Projector
 
     threads = args.threads or len(os.sched_getaffinity(0))

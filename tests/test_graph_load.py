@@ -9,7 +9,7 @@ import pytest
 from onnx import helper
 
 from cnnviz_fast.graph import InvalidModel
-from cnnviz_fast.model import Model
+from cnnviz_fast.graph import Model
 from test_graph_helpers import const, foreign_model, make_model, run
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnviz_fast.model import Model
+from cnnviz_fast.graph import Model
 from test_graph_helpers import export_torch, foreign_model, make_model, run
 
 ZOO = ("zfnet", "alexnet", "vgg16")

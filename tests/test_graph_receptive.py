@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cnnviz_fast.graph import UnsupportedOp
-from cnnviz_fast.model import Model
+from cnnviz_fast.graph import Model
 from test_graph_helpers import Skeleton, const, export_torch, make_model, probe_positions
 
 ZOO = ("zfnet", "alexnet", "vgg16")

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cnnviz_fast.graph import ConvT, Identity, Relu, UnsupportedOp, Unpool
-from cnnviz_fast.model import Model
+from cnnviz_fast.graph import Model
 from test_graph_helpers import (DeconvRelu, SkipLRN, apply_plan, const, export_torch, foreign_model,
                                 make_model, run, run_plan)
 

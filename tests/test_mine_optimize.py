@@ -10,7 +10,7 @@ from cnnviz_fast._metadata import write_metadata
 
 from cnnviz_fast.mining._optimize import rewrite_lrn
 from cnnviz_fast.mining._session import ForwardSession
-from cnnviz_fast.model import Model
+from cnnviz_fast.graph import Model
 
 
 def lrn_model(size, beta):

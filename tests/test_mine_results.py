@@ -9,7 +9,7 @@ from cnnviz_fast.data import BatchLoader, Preprocess, decode, open_manifest
 from cnnviz_fast.mining import mine
 from cnnviz_fast.mining._session import ForwardSession
 from cnnviz_fast.mining._state import MiningState
-from cnnviz_fast.model import Model
+from cnnviz_fast.graph import Model
 from test_mine_support import PRE, folder_files, images, make_tar, query, tables, tiny, tiny_module  # noqa: F401
 
 K = 5

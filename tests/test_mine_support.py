@@ -164,7 +164,7 @@ def cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
 
 
 def test_tiny_model_loads(tiny):
-    from cnnviz_fast.model import Model
+    from cnnviz_fast.graph import Model
 
     m = Model.load(tiny)
     assert [layer.name for layer in m.layers] == ["conv1", "conv2", "conv3"]

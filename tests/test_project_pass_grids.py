@@ -12,8 +12,9 @@ from cnnviz_fast import render
 from cnnviz_fast.data import Preprocess, decode, open_manifest
 from cnnviz_fast.datasets.synthetic import generate
 from cnnviz_fast.mining import mine
-from cnnviz_fast.model import Model
-from cnnviz_fast.project_pass import ProjectionError, Results, project
+from cnnviz_fast.graph import Model
+from cnnviz_fast.projection import ProjectionError, project
+from cnnviz_fast.results import Results
 from cnnviz_fast.projection import Projector
 
 LAYERS = "conv1,conv2,conv3"

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cnnviz_fast.graph import UnsupportedOp
-from cnnviz_fast.model import Model
+from cnnviz_fast.graph import Model
 from cnnviz_fast.projection import DeviceUnavailable, Forward, Projector
 from cnnviz_fast.projection._device import cuda_blocker
 from test_projector_helpers import MODES, assert_close, ort_tap, pick_seeds
@@ -162,7 +162,7 @@ def test_cuda_equals_cpu_and_is_deterministic(demo, mode, windowed):
 
 def test_the_projector_does_not_import_torch():
     code = ("import sys, numpy as np\n"
-            "from cnnviz_fast.model import Model\n"
+            "from cnnviz_fast.graph import Model\n"
             "from cnnviz_fast.projection import Projector\n"
             "p = Projector(Model.load('demo'), device='cpu')\n"
             "p.project(np.zeros((1, 3, 64, 64), np.float32), layer='conv2', seeds=[(0, 0, 1, 1)])\n"

@@ -235,7 +235,7 @@ def assert_close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-4) -> None:
 
 @pytest.fixture(scope="module")
 def demo_oracle():
-    from cnnviz_fast.model import Model
+    from cnnviz_fast.graph import Model
 
     model = Model.load("demo")
     return model, onnx_oracle(model.path)

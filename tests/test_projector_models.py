@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnnviz_fast.model import Model
+from cnnviz_fast.graph import Model
 from cnnviz_fast.projection import Projector
 from test_projector_helpers import MODES, assert_close, onnx_oracle, ort_tap, pick_seeds, zoo_oracle
 

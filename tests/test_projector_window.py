@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnviz_fast.model import Model
+from cnnviz_fast.graph import Model
 from cnnviz_fast.projection import Projector
 from test_projector_helpers import MODES, assert_close, onnx_oracle, ort_tap, pick_seeds
 

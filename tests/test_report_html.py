@@ -16,8 +16,8 @@ from PIL import Image
 import cnnviz_fast
 from cnnviz_fast.datasets.synthetic import generate
 from cnnviz_fast.mining import mine
-from cnnviz_fast.model import Model
-from cnnviz_fast.project_pass import project
+from cnnviz_fast.graph import Model
+from cnnviz_fast.projection import project
 from cnnviz_fast.reporting import report
 
 HOSTILE = "<img src=x onerror=alert(1)>.jpg"

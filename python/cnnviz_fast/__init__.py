@@ -15,14 +15,14 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 # Public names, imported on first use so that `import cnnviz_fast` stays cheap (no onnx/ORT load).
 _LAZY = {
-    "Model": "cnnviz_fast.model",
+    "Model": "cnnviz_fast.graph",
     "Layer": "cnnviz_fast.graph",
     "UnsupportedOp": "cnnviz_fast.graph",
     "build_info": "cnnviz_fast._runtime",
     "mine": "cnnviz_fast.mining",
     "Projector": "cnnviz_fast.projection",
     "report": "cnnviz_fast.reporting",
-    "project": "cnnviz_fast.project_pass",
+    "project": "cnnviz_fast.projection",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -62,7 +62,7 @@ def _project_options(s: argparse.ArgumentParser) -> None:
 
 
 def _cmd_project(args: argparse.Namespace) -> int:
-    from .project_pass import ProjectionError, project
+    from .projection import ProjectionError, project
 
     try:
         summary = project(args.out, layers=args.layers, model=args.model, device=args.device, mode=args.mode,
@@ -78,7 +78,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .project_pass import ResultsError
+    from .errors import ResultsError
     from .reporting import report
 
     try:

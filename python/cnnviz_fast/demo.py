@@ -16,12 +16,10 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from .errors import DemoError
+
 DEMO_IMAGES = 3000
 _STAMP = ".generated.json"
-
-
-class DemoError(Exception):
-    """The demo cannot run; the message says why."""
 
 
 def demo(out: str | os.PathLike = "cnnviz-demo", *, images: int = DEMO_IMAGES, seed: int = 0, device: str = "auto",
@@ -30,7 +28,7 @@ def demo(out: str | os.PathLike = "cnnviz-demo", *, images: int = DEMO_IMAGES, s
 
     layers: None (conv1…conv4) or comma-separated names (tests use fewer to stay fast)."""
     from .mining import ConfigMismatch, MiningError, mine
-    from .project_pass import ProjectionError, project
+    from .projection import ProjectionError, project
     from .reporting import report
 
     if images < 10:

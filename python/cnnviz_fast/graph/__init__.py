@@ -15,3 +15,6 @@ __all__ = [
     "Layer", "ReversePlan", "OrtSegment", "build_segment", "MODES", "UnsupportedOp", "InvalidModel",
     "Step", "ConvT", "GemmT", "Reshape", "Relu", "Unpool", "AvgPoolT", "PadCrop", "Scale", "Identity",
 ]
+from .model import Model  # noqa: E402  (the compiler's entry; imports the modules above)
+
+__all__ += ["Model"]

@@ -82,7 +82,7 @@ def bench_mining_heads(model, layers=None, batch: int = 64, threads: int = 2, re
 
 
 def main(argv=None) -> None:
-    from ..model import Model
+    from . import Model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default="zfnet")

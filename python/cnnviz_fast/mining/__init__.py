@@ -9,7 +9,7 @@ with per-unit statistics, in a resumable results.db.
 """
 from .driver import mine
 from .errors import ConfigMismatch, DeviceUnavailable, ErrorRateExceeded, MiningError, RunLocked
-from .store import CONFIG_KEYS, DB_NAME
+from ..results import CONFIG_KEYS, DB_NAME
 from .summary import MiningSummary
 
 __all__ = ["mine", "MiningSummary", "MiningError", "ConfigMismatch", "DeviceUnavailable", "ErrorRateExceeded",

@@ -18,7 +18,7 @@ from ._session import ForwardSession
 from ._state import MiningState
 from .errors import ErrorRateExceeded, MiningError
 from .progress import Progress
-from .store import ResultsDB, open_results
+from ..results import ResultsDB, open_results
 from .summary import MiningSummary
 
 
@@ -186,7 +186,7 @@ def _dead_units(snaps) -> int:
 
 
 def _load_model(model, weights, random_weights: bool):
-    from ..model import Model
+    from ..graph import Model
 
     if isinstance(model, Model):
         return model

@@ -17,9 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-
-class DeviceUnavailable(RuntimeError):
-    """device="cuda" was asked for but cannot be used here; the message says why and what to do."""
+from ..errors import DeviceUnavailable
 
 
 def resolve_device(requested: str) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from .. import render
-from ..project_pass import PROJECTIONS
+from ..projection import PROJECTIONS
 from ._data import RunView, first_conv_weights, gather
 from ._html import CSS
 from ._pages import index_page, layer_page, unit_page

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..project_pass import MARKER, PROJECTIONS, Results
-from ..project_pass.results import LayerInfo, TopK
+from ..projection import MARKER, PROJECTIONS
+from ..results import LayerInfo, Results, TopK
 
 
 @dataclass
@@ -115,7 +115,7 @@ def first_conv_weights(model) -> np.ndarray | None:
 
 
 def _model(run: dict):
-    from ..model import Model
+    from ..graph import Model
 
     path = run.get("model_path")
     if not path or not Path(path).is_file():

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import render
 from ._images import ImageCache
-from .results import TopK
+from ..results import TopK
 
 MARKER = "layer.json"
 EMPTY, OK, STALE = 0, 1, 2

@@ -17,14 +17,16 @@ from typing import Any, Sequence
 
 import onnx
 
-from ._metadata import IMAGENET_PREPROCESS, read_metadata
-from .graph import InvalidModel, Layer, ReversePlan
-from .graph._index import GraphIndex
-from .graph._layers import discover, make_layers
-from .graph._load import Loaded, load_file, normalise
-from .graph._mining import mining_graph, prune
-from .graph._receptive import receptive_fields
-from .graph._reverse import reverse_plan
+from .._metadata import IMAGENET_PREPROCESS, read_metadata
+from ._layers import Layer
+from ._reverse import ReversePlan
+from .errors import InvalidModel
+from ._index import GraphIndex
+from ._layers import discover, make_layers
+from ._load import Loaded, load_file, normalise
+from ._mining import mining_graph, prune
+from ._receptive import receptive_fields
+from ._reverse import reverse_plan
 
 ZOO_NAMES = ("zfnet", "alexnet", "vgg16")
 DEMO = "demo"
@@ -195,7 +197,7 @@ def _zoo_file(name: str, weights, random_weights: bool, seed: int) -> str:
     if weights is None and not random_weights:
         raise ValueError(f"zoo model {name!r} needs weights: Model.load({name!r}, weights='FILE') with a "
                          "local .pth/.safetensors state dict, or random_weights=True for an untrained one")
-    from . import zoo  # imports torch only when a model is actually exported
+    from .. import zoo  # imports torch only when a model is actually exported
 
     code = hashlib.sha256()
     for source in sorted(Path(zoo.__file__).parent.glob("*.py")):
@@ -231,7 +233,7 @@ def _cache_dir() -> Path:
 
 def _demo_path() -> Path:
     try:
-        from . import zoo
+        from .. import zoo
 
         candidates = [Path(zoo.__file__).parent / "demo.onnx"]
     except ImportError:

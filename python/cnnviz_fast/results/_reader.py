@@ -13,11 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-DB_NAME = "results.db"
-
-
-class ResultsError(Exception):
-    """results.db is missing or unreadable; the message says what to run."""
+from ..errors import ResultsError
+from ._schema import DB_NAME
 
 
 @dataclass(frozen=True)

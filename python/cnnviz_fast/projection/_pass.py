@@ -15,13 +15,10 @@ from ..data import Preprocess, default_workers, open_manifest
 from ._images import ImageCache, scratch_path
 from ._layer import MARKER, LayerJob, project_layer
 from ._progress import Progress
-from .results import Results, ResultsError
+from ..errors import CnnvizError, ProjectionError, ResultsError
+from ..results import Results
 
 PROJECTIONS = "projections"
-
-
-class ProjectionError(Exception):
-    """The projection pass cannot run; the message says why and what to do."""
 
 
 @dataclass
@@ -100,7 +97,7 @@ def project(out_dir: str | os.PathLike, *, layers: str | Sequence[str] | None = 
 
             try:
                 projector = Projector(model, device=device, mode=mode)
-            except (RuntimeError, ValueError) as exc:
+            except (CnnvizError, RuntimeError, ValueError) as exc:
                 raise ProjectionError(f"projector: {exc}") from None
             summary = ProjectionSummary(out, projector.device.name, mode)
             jobs = []
@@ -178,7 +175,7 @@ def _done(folder: Path, config: dict, save_arrays: bool) -> bool:
 
 
 def _model(res: Results, model):
-    from ..model import Model
+    from ..graph import Model
 
     if model is None:
         path = res.run.get("model_path")

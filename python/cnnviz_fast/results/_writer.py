@@ -27,27 +27,14 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .._dirlock import FolderBusy, lock_folder
-from ._state import LayerSnapshot
-from .errors import ConfigMismatch, MiningError, RunLocked
+from ..errors import ConfigMismatch, MiningError, RunLocked
+from ._schema import DB_NAME, SCHEMA
+from ._snapshot import LayerSnapshot
 
-DB_NAME = "results.db"
 # The run keys that make two runs "the same configuration" (resume only continues such a run).
 CONFIG_KEYS = ("model_sha256", "layers", "top_k", "preprocess", "dataset", "dataset_images",
                "dataset_fingerprint", "batch_size", "device")
 
-_SCHEMA = """
-CREATE TABLE run(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE images(image_id INTEGER PRIMARY KEY, path TEXT NOT NULL);
-CREATE TABLE topk(layer TEXT NOT NULL, unit INTEGER NOT NULL, rank INTEGER NOT NULL, value REAL NOT NULL,
-                  image_id INTEGER NOT NULL, y INTEGER NOT NULL, x INTEGER NOT NULL,
-                  PRIMARY KEY (layer, unit, rank)) WITHOUT ROWID;
-CREATE TABLE unit_stats(layer TEXT NOT NULL, unit INTEGER NOT NULL, images INTEGER NOT NULL, mean_max REAL,
-                        firing_rate REAL, max REAL, PRIMARY KEY (layer, unit)) WITHOUT ROWID;
-CREATE TABLE errors(image_id INTEGER PRIMARY KEY, path TEXT NOT NULL, error TEXT NOT NULL);
-CREATE TABLE progress(key TEXT PRIMARY KEY, value);
-CREATE TABLE unit_sums(layer TEXT NOT NULL, unit INTEGER NOT NULL, sum_max REAL NOT NULL, fired INTEGER NOT NULL,
-                       PRIMARY KEY (layer, unit)) WITHOUT ROWID;
-"""
 
 
 class ResultsDB:
@@ -168,7 +155,7 @@ def open_results(out: str | os.PathLike, config: dict, provenance: dict, manifes
 def _create(con: sqlite3.Connection, config: dict, provenance: dict, manifest) -> None:
     with _transaction(con):
         # executescript() would commit on its own: run the statements one by one inside the transaction.
-        for statement in _SCHEMA.split(";"):
+        for statement in SCHEMA.split(";"):
             if statement.strip():
                 con.execute(statement)
         con.executemany("INSERT INTO run VALUES (?, ?)",

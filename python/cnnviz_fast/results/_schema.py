@@ -1,0 +1,27 @@
+"""results.db's name and schema, defined once (the writer creates it, the reader checks it).
+
+Tables (SQLite, WAL), as DESIGN.md and README document them:
+  run(key, value)                    configuration and provenance, values JSON
+  images(image_id, path)             the manifest, written once when the run is created
+  topk(layer, unit, rank, value, image_id, y, x)   rank 0 strongest; y, x in the layer's map
+  unit_stats(layer, unit, images, mean_max, firing_rate, max)   NULL statistics before any image
+  errors(image_id, path, error)      images that could not be used, with a readable reason
+Bookkeeping for resume:
+  progress(key, value)               status (running | stopped | finished), next_batch,
+                                     images_done, checkpoints, elapsed_s, updated
+  unit_sums(layer, unit, sum_max, fired)   the exact accumulators behind mean_max and firing_rate
+"""
+DB_NAME = "results.db"
+SCHEMA = """
+CREATE TABLE run(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE images(image_id INTEGER PRIMARY KEY, path TEXT NOT NULL);
+CREATE TABLE topk(layer TEXT NOT NULL, unit INTEGER NOT NULL, rank INTEGER NOT NULL, value REAL NOT NULL,
+                  image_id INTEGER NOT NULL, y INTEGER NOT NULL, x INTEGER NOT NULL,
+                  PRIMARY KEY (layer, unit, rank)) WITHOUT ROWID;
+CREATE TABLE unit_stats(layer TEXT NOT NULL, unit INTEGER NOT NULL, images INTEGER NOT NULL, mean_max REAL,
+                        firing_rate REAL, max REAL, PRIMARY KEY (layer, unit)) WITHOUT ROWID;
+CREATE TABLE errors(image_id INTEGER PRIMARY KEY, path TEXT NOT NULL, error TEXT NOT NULL);
+CREATE TABLE progress(key TEXT PRIMARY KEY, value);
+CREATE TABLE unit_sums(layer TEXT NOT NULL, unit INTEGER NOT NULL, sum_max REAL NOT NULL, fired INTEGER NOT NULL,
+                       PRIMARY KEY (layer, unit)) WITHOUT ROWID;
+"""
