@@ -63,10 +63,9 @@ TARGETS = {"switch_pool": 1.0, "unit_max": 1.0, "topk_merge": 5.0}
 
 
 def available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    from cnnviz_fast.runtime import cores  # imports no native code: OMP_NUM_THREADS may still be set
+
+    return cores()
 
 
 def cpu_name():

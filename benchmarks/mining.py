@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -58,10 +57,9 @@ PIPELINE_TARGET = 0.85
 
 
 def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    from cnnviz_fast.runtime import cores  # imports no native code: OMP_NUM_THREADS may still be set
+
+    return cores()
 
 
 def cpu_name() -> str:

@@ -10,7 +10,8 @@ first maximum position) become its seeds, so every conv layer gets units x k pro
 96+256+384+384+256 = 1376 units, 12,384 projections).
 
 - baseline: the zoo's PyTorch ZFNet with every ReLU's backward replaced by the deconvnet rule
-  (relu of the incoming gradient) and LRN's by the identity; for each batch of `--batch` seeds it
+  (relu of the incoming gradient) and LRN's by the identity — `cnnviz_fast.testing.zoo_oracle` in
+  float32 (the tests' oracle runs it in float64); for each batch of `--batch` seeds it
   runs the forward of their images up to the tapped ReLU (not beyond), and one autograd backward of
   the one-hot seeds (each times its activation) to the pixels; weights need no gradient.
 - ours: `Projector(device, mode="deconvnet")`, the forward once for the image batch, then the seeds
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -49,8 +49,9 @@ def main(argv=None) -> int:
     from cnnviz_fast import _C
     from cnnviz_fast.graph import Model
     from cnnviz_fast.projection import Projector
+    from cnnviz_fast.runtime import cores
 
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = args.threads or cores()
     torch.set_num_threads(threads)
     _C.set_num_threads(threads)
     model = Model.load("zfnet", random_weights=True, seed=0)
@@ -100,106 +101,17 @@ def _parse(argv):
 
 
 class _Baseline:
-    """Batched autograd deconvnet on the zoo's torch ZFNet (see the module docstring)."""
+    """Batched autograd deconvnet on the zoo's torch ZFNet: the package's oracle
+    (cnnviz_fast.testing.oracle) in float32 on the benchmark's device (see the module docstring)."""
 
     def __init__(self, seed: int, device: str, batch: int):
-        import torch
-        from torch import nn
+        from cnnviz_fast.testing import zoo_oracle
 
-        from cnnviz_fast import zoo
-
-        torch.manual_seed(seed)
-        net = zoo.build("zfnet")
-        relu_fn = _deconv_relu()
-        taps = dict(net.taps())
-        for parent in list(net.modules()):
-            for child_name, child in list(parent.named_children()):
-                if isinstance(child, nn.ReLU):
-                    new = _FnModule(relu_fn)
-                    taps = {k: (new if v is child else v) for k, v in taps.items()}
-                    setattr(parent, child_name, new)
-                elif type(child).__name__ == "LocalResponseNorm":
-                    setattr(parent, child_name, _FnModule(_skip_lrn(child)))
-        for p in net.parameters():
-            p.requires_grad_(False)
-        self.net, self.taps, self.device, self.batch = net.eval().to(device), taps, device, batch
+        self.oracle = zoo_oracle("zfnet", seed=seed, dtype="float32", device=device)
+        self.device, self.batch = device, batch
 
     def project(self, x: np.ndarray, seeds: np.ndarray, layer: str) -> np.ndarray:
-        import torch
-
-        outs = []
-        for lo in range(0, len(seeds), self.batch):
-            s = seeds[lo:lo + self.batch]
-            xs = torch.from_numpy(x[s[:, 0]]).to(self.device).requires_grad_()
-            out = self._forward(xs, layer)
-            k = torch.arange(len(s), device=self.device)
-            c, y, xx = (torch.from_numpy(s[:, i]).to(self.device) for i in (1, 2, 3))
-            seed = torch.zeros_like(out)
-            seed[k, c, y, xx] = out[k, c, y, xx].detach()
-            (grad,) = torch.autograd.grad(out, xs, seed)
-            outs.append(grad.cpu().numpy())
-        return np.concatenate(outs)
-
-    def _forward(self, xs, layer):
-        got = {}
-
-        def hook(module, inputs, output):
-            got["out"] = output
-            raise _Stop  # the layers above the tap are not needed
-
-        handle = self.taps[layer].register_forward_hook(hook)
-        try:
-            self.net(xs)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return got["out"]
-
-
-class _Stop(Exception):
-    pass
-
-
-def _deconv_relu():
-    import torch
-
-    class DeconvRelu(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clamp_min(0)
-
-        @staticmethod
-        def backward(ctx, g):
-            return g.clamp_min(0)
-
-    return DeconvRelu.apply
-
-
-def _skip_lrn(lrn):
-    import torch
-    from torch.nn import functional as F
-
-    class SkipLRN(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return F.local_response_norm(x, lrn.size, lrn.alpha, lrn.beta, lrn.k)
-
-        @staticmethod
-        def backward(ctx, g):
-            return g
-
-    return SkipLRN.apply
-
-
-def _FnModule(fn):
-    from torch import nn
-
-    class FnModule(nn.Module):
-        def forward(self, x):
-            return fn(x)
-
-    return FnModule()
+        return self.oracle.project(x, seeds, layer, "deconvnet", batch=self.batch, out_dtype=np.float32)
 
 
 def _topk_seeds(projector, x: np.ndarray, k: int) -> dict[str, list[np.ndarray]]:
@@ -301,7 +213,9 @@ def _machine(device: str) -> str:
             return torch.cuda.get_device_name(0)
         except Exception:  # torch without CUDA: the GPU's name is only for the header
             return "GPU"
-    return f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores visible"
+    from cnnviz_fast.runtime import cores
+
+    return f"{platform.processor() or platform.machine()}, {cores()} cores visible"
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 // cnnviz_fast._C: the module definition and build_info(); the logic lives in dispatch.cpp,
 // tensor.cpp and topk_store.cpp.
 #include <pybind11/pybind11.h>
+#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include <dlpack/dlpack.h>
@@ -55,6 +56,18 @@ py::dict build_info() {
   return d;
 }
 
+// A NumPy uint8 array of `bytes` page-locked bytes; the array owns them (freed with its last view).
+py::array pinned_empty(std::size_t bytes) {
+  if (bytes == 0) throw py::value_error("pinned_empty: nbytes must be > 0");
+  void* ptr = nullptr;
+  {
+    py::gil_scoped_release nogil;
+    ptr = device::host_alloc(bytes);
+  }
+  py::capsule owner(ptr, [](void* p) { device::host_free(p); });
+  return py::array_t<uint8_t>({static_cast<py::ssize_t>(bytes)}, {static_cast<py::ssize_t>(1)}, static_cast<uint8_t*>(ptr), owner);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -65,6 +78,18 @@ PYBIND11_MODULE(_C, m) {
         "Threads for the CPU kernels, from any calling thread (default: OMP_NUM_THREADS or the core count).");
   m.def("get_num_threads", &get_cpu_threads);
   m.def("cuda_device_count", &device::device_count, "CUDA devices usable by this build (0 without CUDA or a GPU).");
+
+  // Streams and page-locked memory for cnnviz_fast.runtime; a build without CUDA raises RuntimeError.
+  m.def("cuda_stream_create", [](int device_id) { return reinterpret_cast<intptr_t>(device::stream_create(device_id)); },
+        py::arg("device_id") = 0, "A new non-blocking CUDA stream on the device, as an integer handle (cudaStream_t).");
+  m.def("cuda_stream_destroy", [](intptr_t h) { device::stream_destroy(reinterpret_cast<void*>(h)); }, py::arg("handle"),
+        "Destroys a stream made by cuda_stream_create (work queued on it still completes).");
+  m.def("cuda_stream_synchronize", [](intptr_t h) {
+        py::gil_scoped_release nogil;
+        device::stream_synchronize(device::stream_from_handle(h));
+      }, py::arg("handle"), "Waits for the work queued on a stream (1 = legacy default, 2 = per-thread default).");
+  m.def("cuda_pinned_empty", &pinned_empty, py::arg("nbytes"),
+        "A NumPy uint8 array of nbytes page-locked host bytes (cudaHostAlloc, portable); view it as any dtype.");
 
   m.def("switch_pool", &switch_pool, py::arg("x"), py::arg("kernel"), py::arg("stride") = py::none(),
         py::arg("padding") = 0, py::arg("dilation") = 1, py::arg("ceil_mode") = false, py::arg("stream") = py::none(),

@@ -92,4 +92,28 @@ void stream_synchronize(void* stream) {
   cuda_check(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
 }
 
+void* stream_create(int device_id) {
+  set_device(device_id);
+  cudaStream_t s = nullptr;
+  // Non-blocking: it does not wait for (or hold up) work on the legacy default stream.
+  cuda_check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  return s;
+}
+
+void stream_destroy(void* stream) {
+  cuda_check(cudaStreamDestroy(static_cast<cudaStream_t>(stream)), "cudaStreamDestroy");
+}
+
+void* host_alloc(std::size_t bytes) {
+  void* ptr = nullptr;
+  // Portable: pinned for every CUDA context, so ONNX Runtime's CUDA EP (its own libcudart) copies
+  // from it without staging.
+  cuda_check(cudaHostAlloc(&ptr, bytes, cudaHostAllocPortable), "cudaHostAlloc");
+  return ptr;
+}
+
+void host_free(void* ptr) noexcept {
+  if (ptr && cudaFreeHost(ptr) != cudaSuccess) cudaGetLastError();
+}
+
 }  // namespace cnnviz::device

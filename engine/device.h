@@ -28,4 +28,11 @@ void copy_device(void* dst, const void* src, std::size_t bytes, void* stream);
 void stream_wait(void* waiter, void* producer);
 void stream_synchronize(void* stream);
 
+// For Python (cnnviz_fast.runtime): a stream the caller owns, handed to ONNX Runtime's CUDA EP as
+// its user_compute_stream, and page-locked host memory for the batches copied to the device.
+void* stream_create(int device_id);           // non-blocking; destroy it with stream_destroy
+void stream_destroy(void* stream);
+void* host_alloc(std::size_t bytes);          // page-locked, portable; free it with host_free
+void host_free(void* ptr) noexcept;           // errors ignored: called from a destructor
+
 }  // namespace cnnviz::device

@@ -26,5 +26,9 @@ void copy_to_device(void*, const void*, std::size_t, void*) { unavailable(); }
 void copy_device(void*, const void*, std::size_t, void*) { unavailable(); }
 void stream_wait(void*, void*) { unavailable(); }
 void stream_synchronize(void*) { unavailable(); }
+void* stream_create(int) { unavailable(); }
+void stream_destroy(void*) { unavailable(); }
+void* host_alloc(std::size_t) { unavailable(); }
+void host_free(void*) noexcept {}
 
 }  // namespace cnnviz::device

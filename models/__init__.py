@@ -1,4 +1,5 @@
-"""Model zoo: ZFNet (as in the paper), AlexNet and VGG16 (torchvision layout) in PyTorch.
+"""Model zoo: ZFNet (as in the paper), AlexNet, VGG16, ResNet-18 and ResNet-50 (torchvision
+layout) in PyTorch.
 
 Installed as `cnnviz_fast.zoo`. Importing this package does not import torch: the registry is
 plain data, and `build` imports the PyTorch definition only when a model is built, so the rest of
@@ -41,6 +42,13 @@ ZOO: dict[str, ZooEntry] = {
     "alexnet": ZooEntry("alexnet", "alexnet", "AlexNet", _CONVS5 + ("fc6", "fc7"), "torchvision alexnet"),
     "vgg16": ZooEntry("vgg16", "vgg16", "VGG16",
                       tuple(f"conv{i}" for i in range(1, 14)) + ("fc6", "fc7"), "torchvision vgg16"),
+    # Block outputs, named as the graph compiler names any torch ResNet's (models/resnet.py).
+    "resnet18": ZooEntry("resnet18", "resnet", "ResNet18",
+                         ("conv1",) + tuple(f"layer{s + 1}.{b}" for s in range(4) for b in range(2)),
+                         "torchvision resnet18"),
+    "resnet50": ZooEntry("resnet50", "resnet", "ResNet50",
+                         ("conv1",) + tuple(f"layer{s + 1}.{b}" for s, n in enumerate((3, 4, 6, 3))
+                                            for b in range(n)), "torchvision resnet50"),
 }
 
 

@@ -19,7 +19,8 @@ _WRAPPER_KEYS = ("state_dict", "model")
 
 
 def init_weights(module: nn.Module) -> nn.Module:
-    """Random initialisation for an untrained zoo model (torchvision's VGG scheme, for every model).
+    """Random initialisation for an untrained zoo model (torchvision's VGG scheme, for every model;
+    BatchNorm as an identity, torchvision's ResNet init).
 
     He-normal convolutions keep activations from vanishing through 13 ReLU layers, so a random
     model still gives non-trivial maps to test and visualise. The caller seeds with
@@ -28,10 +29,15 @@ def init_weights(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):  # an identity (the model may be built on "meta")
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+            m.reset_running_stats()
     return module
 
 

@@ -102,14 +102,14 @@ def _rename_tensor(graph: onnx.GraphProto, old: str, new: str) -> None:
 
 
 def _kind(graph: onnx.GraphProto, tensor: str) -> str:
-    """"conv" or "fc" from the op that produces the ReLU's input."""
+    """"conv" or "fc" from the op that produces the ReLU's input (a residual Add: "conv")."""
     producer = {out: node for node in graph.node for out in node.output}.get(tensor)
     if producer is not None and producer.op_type in _FC_OPS:
         return "fc"
-    if producer is not None and producer.op_type == "Conv":
+    if producer is not None and producer.op_type in ("Conv", "Add", "Sum"):
         return "conv"
     raise ValueError(f"tapped ReLU input {tensor!r} is produced by "
-                     f"{producer.op_type if producer is not None else 'nothing'}, not Conv/Gemm/MatMul")
+                     f"{producer.op_type if producer is not None else 'nothing'}, not Conv/Add/Gemm/MatMul")
 
 
 def _name_layers(model: onnx.ModelProto, relu_calls: list[nn.Module],

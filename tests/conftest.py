@@ -3,6 +3,10 @@
 A test marked `cuda` (the "cuda" case of the `device` fixture is) runs only when the extension was
 built with CUDA, sees a GPU, and torch or CuPy can put test arrays there; otherwise it is skipped
 with the reason.
+
+Helpers shared by several test modules live in tests/_support (test-only builders) and in the
+package's cnnviz_fast.testing (the torch oracle); tests/ has no __init__.py, so pytest puts it on
+sys.path and `from _support... import` works from any working directory.
 """
 
 import functools

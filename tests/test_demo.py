@@ -36,5 +36,5 @@ def test_demo_refuses_too_few_images(tmp_path):
 
 
 def test_demo_cli_help():
-    p = subprocess.run([sys.executable, "-m", "cnnviz_fast._cli_report", "demo", "--help"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "cnnviz_fast", "demo", "--help"], capture_output=True, text=True)
     assert p.returncode == 0 and "--out" in p.stdout

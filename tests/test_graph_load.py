@@ -10,7 +10,7 @@ from onnx import helper
 
 from cnnviz_fast.graph import InvalidModel
 from cnnviz_fast.graph import Model
-from test_graph_helpers import const, foreign_model, make_model, run
+from _support.onnx_models import const, foreign_model, make_model, run
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,9 @@ def _input(shape, name="pixels", elem=onnx.TensorProto.FLOAT):
 
 
 @pytest.mark.parametrize("shape, message", [
-    (["N", 1, 8, 8], r"must be \[N, 3, H, W\] with fixed H and W, got \['\?', 1, 8, 8\]"),
-    (["N", 3, "h", 8], r"must be \[N, 3, H, W\] with fixed H and W"),
+    (["N", 1, 8, 8], r"must be \[N, 3, H, W\] \(or \[N, H, W, 3\]\) with fixed H and W, got \['\?', 1, 8, 8\]"),
+    (["N", 3, "h", 8], r"must be \[N, 3, H, W\] \(or \[N, H, W, 3\]\) with fixed H and W"),
+    (["N", "h", 8, 3], r"must be \[N, 3, H, W\] \(or \[N, H, W, 3\]\) with fixed H and W"),
     (["N", 3, 8], r"must be \[N, 3, H, W\]"),
 ])
 def test_bad_image_input(shape, message):
@@ -166,3 +167,123 @@ def test_demo_model_loads():
     model = Model.load("demo")
     assert model.name == "demo" and model.layers and model.labels
     assert all(layer.kind == "conv" for layer in model.layers)
+
+
+def _nhwc_model(rescale: bool, batch="unk__7"):
+    """A Keras model as tf2onnx writes it: NHWC input (optionally rescaled in NHWC), Transpose to
+    NCHW, two Conv+Relu with a MaxPool, Transpose back to NHWC, flatten in NHWC order, MatMul."""
+    rng = np.random.default_rng(4)
+    inits = [const("w1", rng.normal(size=(4, 3, 3, 3)).astype(np.float32)),
+             const("w2", rng.normal(size=(5, 4, 3, 3)).astype(np.float32)),
+             const("scale", np.array([1 / 255, 1 / 128, 1 / 64], np.float32)),
+             const("flat", np.array([-1, 6 * 6 * 5], np.int64)),
+             const("fc", rng.normal(size=(6 * 6 * 5, 3)).astype(np.float32))]
+    first = "input_1"
+    nodes = []
+    if rescale:
+        nodes.append(helper.make_node("Mul", ["input_1", "scale"], ["scaled"], "rescaling/mul"))
+        first = "scaled"
+    nodes += [helper.make_node("Transpose", [first], ["nchw"], "conv1_tr", perm=[0, 3, 1, 2]),
+              helper.make_node("Conv", ["nchw", "w1"], ["c1"], "conv1", pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["c1"], ["r1"], "conv1/Relu"),
+              helper.make_node("MaxPool", ["r1"], ["p1"], "pool1", kernel_shape=[2, 2], strides=[2, 2]),
+              helper.make_node("Conv", ["p1", "w2"], ["c2"], "conv2", pads=[1, 1, 1, 1]),
+              helper.make_node("Relu", ["c2"], ["r2"], "conv2/Relu"),
+              helper.make_node("Transpose", ["r2"], ["nhwc"], "flatten_tr", perm=[0, 2, 3, 1]),
+              helper.make_node("Reshape", ["nhwc", "flat"], ["f"], "flatten"),
+              helper.make_node("MatMul", ["f", "fc"], ["out"], "dense")]
+    return make_model(nodes, inits, [batch, 12, 12, 3], input_name="input_1")
+
+
+@pytest.mark.parametrize("rescale", [False, True])
+def test_nhwc_input_becomes_nchw(rescale):
+    proto = _nhwc_model(rescale)
+    model = Model.from_proto(proto)
+    assert model.input_layout == "NHWC" and model.input_size == (3, 12, 12) and model.input_name == "input_1"
+    dims = model.proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value or d.dim_param for d in dims] == ["unk__7", 3, 12, 12]
+    transposes = [n for n in model.proto.graph.node if n.op_type == "Transpose"]
+    assert len(transposes) == (3 if rescale else 1)  # tf2onnx's own Transpose cancels against ours
+    x = np.random.default_rng(5).uniform(0, 255, size=(2, 3, 12, 12)).astype(np.float32)
+    want = run(proto, {"input_1": x.transpose(0, 2, 3, 1)})["out"]
+    np.testing.assert_allclose(run(model.proto, {"input_1": x})["out"], want, rtol=1e-5, atol=1e-4)
+    assert [layer.name for layer in model.layers] == ["conv1/Relu", "conv2/Relu"]
+    assert [(layer.rf_size, layer.rf_stride, layer.rf_start) for layer in model.layers] == [
+        ((3, 3), (1, 1), (-1, -1)), ((8, 8), (2, 2), (-3, -3))]
+    f = model.layer("f")  # flattened after the NHWC Transpose: every unit sees the whole image
+    assert f.covers_whole_input and f.receptive_field(0, 0) == (0, 0, 12, 12)
+
+
+def test_preprocess_override_and_validation(tmp_path):
+    base = foreign_model()
+    model = Model.from_proto(base, preprocess={"scale": 1.0, "mean": [0, 0, 0], "std": [1, 1, 1],
+                                               "channel_order": "BGR"})
+    assert model.preprocess["scale"] == 1.0 and model.preprocess["channel_order"] == "BGR"
+    assert model.preprocess["crop"] == 21  # keys not given keep the file's (here the defaults)
+    spec = tmp_path / "pre.json"
+    spec.write_text('{"mean": [103.9, 116.8, 123.7], "std": [1, 1, 1], "scale": 1, "resize": 24}')
+    from_file = Model.from_proto(base, preprocess=str(spec))
+    assert from_file.preprocess["mean"] == [103.9, 116.8, 123.7] and from_file.preprocess["resize"] == 24
+    assert Model.from_proto(base, preprocess='{"std": [0.5, 0.5, 0.5]}').preprocess["std"] == [0.5, 0.5, 0.5]
+    for bad, message in [({"std": [0.2, 0, 0.2]}, "std must be positive"),
+                         ({"mean": [0, 0]}, "mean must be three finite numbers"),
+                         ({"scale": 0}, "scale must be a positive number"),
+                         ({"channel_order": "GRB"}, "channel_order must be RGB or BGR"),
+                         ({"crop": 20}, "crops 20x20 but its input is 21x21"),
+                         ({"resize": 0}, "resize .* must be a positive integer"),
+                         ({"interpolation": "cubic"}, "interpolation 'cubic' unknown"),
+                         ({"mena": [0, 0, 0]}, "unknown preprocess key mena; known keys: resize"),
+                         ("{not json", "not valid JSON"), ("[1, 2]", "neither JSON"),
+                         (str(tmp_path / "missing.json"), "neither JSON .* nor a file")]:
+        with pytest.raises((InvalidModel, ValueError), match=message):
+            Model.from_proto(base, preprocess=bad)
+
+
+def test_parse_preprocess_is_the_cli_parser(tmp_path):
+    from cnnviz_fast._metadata import parse_preprocess
+
+    assert parse_preprocess('{"scale": 1, "crop": [224, 200]}') == {"scale": 1, "crop": [224, 200]}
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must be a JSON object, not list"):
+        parse_preprocess(listed)
+
+
+def test_dynamo_export_runs_at_any_batch(tmp_path):
+    pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
+    import warnings
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 6, 3), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(6 * 5 * 5, 5)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 16, 16),), str(tmp_path / "dyn.onnx"), dynamo=True,
+                          opset_version=20)
+    raw = onnx.load(str(tmp_path / "dyn.onnx"))
+    assert any(n.op_type == "Reshape" and any(a.name == "allowzero" and a.i for a in n.attribute)
+               for n in raw.graph.node)
+    assert raw.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    model = Model.load(tmp_path / "dyn.onnx")
+    assert len(model.layers) == 2 and model.opset >= 18
+    x = np.random.default_rng(6).normal(size=(5, 3, 16, 16)).astype(np.float32)
+    out = next(iter(run(model.proto, {model.input_name: x}).values()))
+    with torch.no_grad():
+        np.testing.assert_allclose(out, net(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_pinned_by_a_node_is_refused_at_load_naming_it():
+    """x.view(1, *x.shape[1:]) as an exporter writes it: the target is computed, so it cannot be
+    rewritten, and a batch of 2 would fail inside ONNX Runtime."""
+    nodes = [helper.make_node("Relu", ["pixels"], ["r"], "relu"),
+             helper.make_node("Shape", ["r"], ["s"], "shape"),
+             helper.make_node("Slice", ["s", "one", "four"], ["chw"], "chw"),
+             helper.make_node("Concat", ["one", "chw"], ["target"], "target", axis=0),
+             helper.make_node("Reshape", ["r", "target"], ["out"], "pin")]
+    proto = make_model(nodes, [const("one", np.array([1], np.int64)), const("four", np.array([4], np.int64))],
+                       [1, 3, 4, 4])
+    with pytest.raises(InvalidModel, match=r"node 'pin' \(Reshape\) fixes the batch size to 1.*dynamic batch"):
+        Model.from_proto(proto)

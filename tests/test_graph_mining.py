@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cnnviz_fast.graph import Model
-from test_graph_helpers import export_torch, foreign_model, make_model, run
+from _support.onnx_models import export_torch, foreign_model, make_model, run
 
 ZOO = ("zfnet", "alexnet", "vgg16")
 

@@ -8,7 +8,8 @@ from torch import nn
 
 from cnnviz_fast.graph import UnsupportedOp
 from cnnviz_fast.graph import Model
-from test_graph_helpers import Skeleton, const, export_torch, make_model, probe_positions
+from _support.onnx_models import const, export_torch, make_model
+from _support.skeleton import Skeleton, probe_positions
 
 ZOO = ("zfnet", "alexnet", "vgg16")
 
@@ -122,3 +123,81 @@ def _node(op, inputs, outputs, name=None, **attrs):
     from onnx import helper
 
     return helper.make_node(op, inputs, outputs, name=name or outputs[0], **attrs)
+
+
+class _Block(nn.Module):
+    """Residual, squeeze-excitation or ConvNeXt-style block after a strided stem conv.
+
+    `surrogate=True` builds the field oracle with the same geometry: positive weights, zero
+    biases, identity norms and activations, the SE gate detached (it scales channels; its field is
+    not the signal's) — so the gradient is a sum of positive terms over exactly the field.
+    """
+
+    def __init__(self, kind: str, surrogate: bool = False):
+        super().__init__()
+        act = nn.Identity() if surrogate else {"residual": nn.ReLU(), "se": nn.SiLU(), "convnext": nn.GELU()}[kind]
+        self.kind, self.surrogate, self.act = kind, surrogate, act
+        self.stem = nn.Conv2d(3, 6, 3, stride=2, padding=(1, 0))
+        if kind == "residual":
+            self.body = nn.Sequential(nn.Conv2d(6, 6, 3, padding=1), act, nn.Conv2d(6, 8, 3, stride=2, padding=1))
+            self.skip = nn.Conv2d(6, 8, 1, stride=2)
+        elif kind == "se":
+            self.body = nn.Sequential(nn.Conv2d(6, 6, 5, padding=2, groups=6), act)
+            self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(6, 3, 1), act, nn.Conv2d(3, 6, 1), nn.Sigmoid())
+            self.tail = nn.Conv2d(6, 8, 3, padding=1)
+        else:
+            self.dw = nn.Conv2d(6, 6, 7, padding=3, groups=6)
+            self.norm = nn.Identity() if surrogate else nn.LayerNorm(6)
+            self.mlp = nn.Sequential(nn.Linear(6, 12), act, nn.Linear(12, 6))
+        if surrogate:
+            with torch.no_grad():
+                for p in self.parameters():
+                    p.copy_(p.abs() + 0.1 if p.dim() > 1 else torch.zeros_like(p))
+        self.out = None
+
+    def forward(self, x):
+        x = self.stem(x)
+        if self.kind == "residual":
+            y = self.act(self.body(x) + self.skip(x))
+        elif self.kind == "se":
+            h = self.body(x)
+            g = self.gate(h)
+            y = self.tail(h * (g.detach() if self.surrogate else g))
+        else:
+            h = self.mlp(self.norm(self.dw(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+            y = x + h
+        self.out = y
+        return y.mean((2, 3)) if not self.surrogate else y
+
+
+def _support(net: nn.Module, hw, positions):
+    """Bounding box of the gradient support of the block output at each (y, x) (channel 0)."""
+    x = torch.ones(len(positions), 3, *hw, dtype=torch.float64, requires_grad=True)
+    net.double()(x)
+    seed = torch.zeros_like(net.out)
+    for b, (y, xx) in enumerate(positions):
+        seed[b, 0, y, xx] = 1.0
+    (grad,) = torch.autograd.grad(net.out, x, grad_outputs=seed)
+    boxes = []
+    for g in grad.abs().sum(1) > 0:
+        rows, cols = torch.nonzero(g.any(1)).ravel(), torch.nonzero(g.any(0)).ravel()
+        boxes.append((int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1))
+    return boxes
+
+
+@pytest.mark.parametrize("kind", ["residual", "se", "convnext"])
+def test_block_fields_match_gradient_support(kind):
+    torch.manual_seed(0)
+    hw = (23, 25)  # the stem's windows tile the width: a field is an interval, cut only by the image
+    proto = export_torch(_Block(kind), (3, *hw))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"residual": {"Add"}, "se": {"GlobalAveragePool", "Sigmoid", "Mul"},
+            "convnext": {"Transpose", "LayerNormalization", "MatMul"}}[kind] <= ops
+    model = Model.from_proto(proto)
+    block_out = [n.input[0] for n in proto.graph.node if n.op_type == "ReduceMean"][-1]  # y.mean((2, 3))
+    layer = model.layer(block_out)
+    assert not layer.covers_whole_input
+    pts = probe_positions(*layer.map_shape)
+    want = _support(_Block(kind, surrogate=True), hw, pts)
+    got = [layer.clip(layer.receptive_field(y, x)) for y, x in pts]
+    assert got == want

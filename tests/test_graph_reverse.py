@@ -11,8 +11,9 @@ from torch.nn import functional as F
 
 from cnnviz_fast.graph import ConvT, Identity, Relu, UnsupportedOp, Unpool
 from cnnviz_fast.graph import Model
-from test_graph_helpers import (DeconvRelu, SkipLRN, apply_plan, const, export_torch, foreign_model,
-                                make_model, run, run_plan)
+from cnnviz_fast.testing.oracle import ReluRule as DeconvRelu, SkipLRN
+from _support.onnx_models import const, export_torch, foreign_model, make_model, run
+from _support.plans import apply_plan, run_plan
 
 MODES = ("deconvnet", "guided", "gradient")
 

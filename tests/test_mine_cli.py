@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from cnnviz_fast._cli_mine import main as mine_cli
-from cnnviz_fast.mining.progress import Progress
+from cnnviz_fast.cli import main
+from cnnviz_fast._progress import Progress
 from test_mine_support import bad_zoo, cli, jpeg, make_tar, photo, query, tiny  # noqa: F401
 
 
@@ -48,7 +48,7 @@ def test_unreadable_file(tiny, tmp_path):
     (data / "a.jpg").write_bytes(jpeg(photo(0)))
     (data / "b.jpg").write_bytes(jpeg(photo(1)))
     (data / "b.jpg").chmod(0)
-    assert mine_cli([str(tiny), str(data), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    assert main(["mine", str(tiny), str(data), "--out", str(tmp_path / "o"), "--quiet"]) == 0
     assert "permission denied" in query(tmp_path / "o" / "results.db", "SELECT error FROM errors")[0][0]
 
 
@@ -56,7 +56,7 @@ def test_max_error_rate_gives_a_nonzero_exit(tiny, zoo_folder, tmp_path):
     r = cli(tiny, zoo_folder, "--out", tmp_path, "--max-error-rate", "0.05", "--batch-size", "4")
     assert r.returncode == 3
     assert "more than --max-error-rate 0.05" in r.stderr and "Traceback" not in r.stderr
-    assert mine_cli([str(tiny), str(zoo_folder), "--out", str(tmp_path / "ok"), "--quiet", "--max-error-rate", "0.5"]) == 0
+    assert main(["mine", str(tiny), str(zoo_folder), "--out", str(tmp_path / "ok"), "--quiet", "--max-error-rate", "0.5"]) == 0
 
 
 def test_truncated_tar_shard(tiny, tmp_path):
@@ -86,11 +86,11 @@ def test_bad_model_messages(tiny, zoo_folder, tmp_path):
     assert "Traceback" not in r.stderr
     r = cli(tiny, tmp_path / "nowhere", "--out", tmp_path / "o")
     assert r.returncode == 2 and "DATA" in r.stderr and "Traceback" not in r.stderr
-    assert mine_cli([str(tiny), str(zoo_folder), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert main(["mine", str(tiny), str(zoo_folder), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
 
 
 def test_device_choice_is_said_and_cuda_refusal_explains(tiny, zoo_folder, tmp_path):
-    from cnnviz_fast.mining._device import cuda_blocker
+    from cnnviz_fast.runtime import cuda_blocker
 
     r = cli(tiny, zoo_folder, "--out", tmp_path / "a", "--progress", "lines")
     assert "device: " in r.stderr and "(auto" in r.stderr

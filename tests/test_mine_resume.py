@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from cnnviz_fast._cli_mine import main as mine_cli
+from cnnviz_fast.cli import main
 from cnnviz_fast.mining import ConfigMismatch, ErrorRateExceeded, RunLocked, mine
 from test_mine_support import query, tables, tiny  # noqa: F401
 
@@ -58,7 +58,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tiny, datase
     rng = random.Random(seed)
     out = tmp_path / "out"
     db = out / "results.db"
-    cmd = [sys.executable, "-m", "cnnviz_fast._cli_mine", *_args(tiny, dataset, out)]
+    cmd = [sys.executable, "-m", "cnnviz_fast", "mine", *_args(tiny, dataset, out)]
     mid_run_kills = 0
     for attempt in range(8):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -100,7 +100,7 @@ def test_second_miner_fails_at_once_with_a_lock_message(tiny, dataset, tmp_path,
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     try:
         t = time.monotonic()
-        assert mine_cli(_args(tiny, dataset, tmp_path)) == 2
+        assert main(["mine", *_args(tiny, dataset, tmp_path)]) == 2
         assert time.monotonic() - t < 30
         err = capsys.readouterr().err
         assert "being mined by another cnnviz-fast process (pid 4242)" in err
@@ -108,11 +108,11 @@ def test_second_miner_fails_at_once_with_a_lock_message(tiny, dataset, tmp_path,
             mine(tiny, dataset, tmp_path, progress="none")
     finally:
         os.close(fd)
-    assert mine_cli(_args(tiny, dataset, tmp_path)) == 0
+    assert main(["mine", *_args(tiny, dataset, tmp_path)]) == 0
 
 
 def test_lock_against_a_real_second_process(tiny, dataset, tmp_path):
-    cmd = [sys.executable, "-m", "cnnviz_fast._cli_mine", *_args(tiny, dataset, tmp_path)]
+    cmd = [sys.executable, "-m", "cnnviz_fast", "mine", *_args(tiny, dataset, tmp_path)]
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not (tmp_path / "results.db").exists() and first.poll() is None:
@@ -128,18 +128,18 @@ def test_lock_against_a_real_second_process(tiny, dataset, tmp_path):
 
 
 def test_configuration_check(tiny, dataset, tmp_path, capsys):
-    assert mine_cli(_args(tiny, dataset, tmp_path)) == 0
+    assert main(["mine", *_args(tiny, dataset, tmp_path)]) == 0
     before = tables(tmp_path / "results.db")
-    assert mine_cli(_args(tiny, dataset, tmp_path)[:-1]) == 0  # same configuration: nothing to do
+    assert main(["mine", *_args(tiny, dataset, tmp_path)[:-1]]) == 0  # same configuration: nothing to do
     assert "nothing to do" in capsys.readouterr().err
     assert tables(tmp_path / "results.db") == before
     args = _args(tiny, dataset, tmp_path)
     args[args.index("--top-k") + 1] = "3"
-    assert mine_cli(args) == 2
+    assert main(["mine", *args]) == 2
     err = capsys.readouterr().err
     assert "another configuration" in err and "top_k: 4 -> 3" in err and "--overwrite" in err
     assert tables(tmp_path / "results.db") == before
-    assert mine_cli(args + ["--overwrite"]) == 0
+    assert main(["mine", *args + ["--overwrite"]]) == 0
     assert query(tmp_path / "results.db", "SELECT MAX(rank) FROM topk")[0][0] == 2
     with pytest.raises(ConfigMismatch, match="batch_size: 8 -> 16"):
         mine(tiny, dataset, tmp_path, top_k=3, batch_size=16, progress="none")
@@ -149,7 +149,7 @@ def test_configuration_check(tiny, dataset, tmp_path, capsys):
 
 def test_foreign_results_file_is_refused(tiny, dataset, tmp_path, capsys):
     (tmp_path / "results.db").write_bytes(b"this is not sqlite" * 100)
-    assert mine_cli(_args(tiny, dataset, tmp_path)) == 2
+    assert main(["mine", *_args(tiny, dataset, tmp_path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     shutil.rmtree(tmp_path)
-    assert mine_cli(_args(tiny, dataset, tmp_path)) == 0
+    assert main(["mine", *_args(tiny, dataset, tmp_path)]) == 0

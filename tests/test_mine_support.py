@@ -157,9 +157,9 @@ def query(db: Path, sql: str, *args) -> list[tuple]:
 
 
 def cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    """Run `python -m cnnviz_fast._cli_mine ARGS` and capture its output."""
+    """Run `python -m cnnviz_fast mine ARGS` and capture its output."""
     env = dict(os.environ, PYTHONWARNINGS="default")
-    return subprocess.run([sys.executable, "-m", "cnnviz_fast._cli_mine", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cnnviz_fast", "mine", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, **kw)
 
 

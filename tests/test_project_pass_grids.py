@@ -187,3 +187,39 @@ def test_folder_in_use_is_refused(projected):
             project(root / "out", progress="none")
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_image_cache_decodes_through_the_loader_the_crops_of_load_crop(tmp_path, monkeypatch, order):
+    """The cache's crops (RGB whatever the model's channel order) equal `load_crop` of the same
+    files, failures carry the loader's reason, and the decoding is the loader's (one pool)."""
+    from cnnviz_fast.data import BatchLoader, load_crop
+    from cnnviz_fast.projection import _images
+
+    paths = generate(tmp_path / "d", 150, seed=4, size=48)
+    paths[7].write_bytes(b"broken")
+    manifest = open_manifest(tmp_path / "d")
+    pre = Preprocess.from_metadata({"resize": 40, "crop": 36, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.3, 0.25],
+                                    "channel_order": order})
+    calls = []
+
+    class Spy(BatchLoader):
+        def __init__(self, *args, **kw):
+            calls.append(kw)
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(_images, "BatchLoader", Spy)
+    ids = [149, 7, 3, 64, 65, 66, 0, 120, 3] + list(range(10, 140, 2))
+    cache = _images.ImageCache(manifest, pre, ids, tmp_path / "scratch.npy", workers=2, thumbs=tmp_path / "t")
+    try:
+        assert len(calls) == 1 and calls[0]["packed"] and calls[0]["layout"] == "uint8"
+        assert len(cache) == len(set(ids)) and list(cache.failed) == [7]
+        assert "not an image" in cache.failed[7]
+        for i in sorted(set(ids) - {7}):
+            np.testing.assert_array_equal(cache.crop(i), load_crop(manifest.read(i), pre))
+            np.testing.assert_array_equal(cache.normalised([i])[0], decode(manifest.read(i), pre))
+        assert sorted(int(p.stem) for p in (tmp_path / "t").iterdir()) == sorted(set(ids) - {7})
+    finally:
+        cache.close()
+        manifest.close()
+    assert not (tmp_path / "scratch.npy").exists()

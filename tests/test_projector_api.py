@@ -13,7 +13,8 @@ from cnnviz_fast.graph import UnsupportedOp
 from cnnviz_fast.graph import Model
 from cnnviz_fast.projection import DeviceUnavailable, Forward, Projector
 from cnnviz_fast.projection._device import cuda_blocker
-from test_projector_helpers import MODES, assert_close, ort_tap, pick_seeds
+from cnnviz_fast.testing import MODES, assert_close, pick_seeds
+from _support.onnx_models import ort_tap
 
 CUDA_BLOCKER = cuda_blocker()
 

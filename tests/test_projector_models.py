@@ -8,7 +8,8 @@ import pytest
 
 from cnnviz_fast.graph import Model
 from cnnviz_fast.projection import Projector
-from test_projector_helpers import MODES, assert_close, onnx_oracle, ort_tap, pick_seeds, zoo_oracle
+from cnnviz_fast.testing import MODES, assert_close, onnx_oracle, pick_seeds, zoo_oracle
+from _support.onnx_models import ort_tap
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ from torch import nn
 
 from cnnviz_fast.graph import Model
 from cnnviz_fast.projection import Projector
-from test_projector_helpers import MODES, assert_close, onnx_oracle, ort_tap, pick_seeds
+from cnnviz_fast.testing import MODES, assert_close, onnx_oracle, pick_seeds
+from _support.onnx_models import ort_tap
 
 
 def _export(net: nn.Module, input_size) -> onnx.ModelProto:

@@ -53,7 +53,7 @@ def test_pages_exist(run_dir):
     assert len(list((rep / "units/conv1").glob("unit_*.html"))) == 16
     assert len(list((rep / "units/conv2").glob("unit_*.html"))) == 32
     assert (rep / "img/filters.png").is_file()
-    assert (rep / "img/conv1/montage.png").is_file()
+    assert (rep / "report.js").is_file()
 
 
 def test_every_link_is_relative_and_resolves(run_dir):
@@ -94,8 +94,98 @@ def test_unit_page_content(run_dir):
 
 def test_index_summary(run_dir):
     text = (run_dir / "report/index.html").read_text()
-    for needle in ("Model", "Run", "model_sha256", "dataset", "conv1", "conv2", "montage", "filters"):
+    for needle in ("Model", "Run", "sha256", "dataset", "conv1", "conv2", "montage", "filters"):
         assert needle in text
+
+
+def test_run_panel_is_readable_and_repeats_nothing(run_dir):
+    """The Run panel: labelled rows, no JSON braces, no key the Model panel shows."""
+    text = (run_dir / "report/index.html").read_text()
+    run = text[text.index("<h3>Run</h3>"):text.index("<h2>Layers</h2>")]
+    assert "{" not in run and "[" not in run and "&quot;" not in run
+    for label in ("top-k", "batch size", "preprocessing", "versions", "dataset"):
+        assert f"<th>{label}</th>" in run
+    for model_key in ("model_sha256", "model_path", "model_name", "input_size", "sha256"):
+        assert model_key not in run
+
+
+def test_index_montage_tiles_link_to_their_unit_pages(run_dir):
+    text = (run_dir / "report/index.html").read_text()
+    tiles = re.findall(r'<a class="mtile" href="units/(conv\d)/unit_(\d{4}).html"[^>]*><span class="lbl">unit (\d+)</span>'
+                       r'<span class="pair"><img class="\w+" src="img/(conv\d)/unit_(\d{4})_recon.png"', text)
+    assert len(tiles) == 16 + 16                          # 16 units drawn per layer (conv1 has 16, conv2 32)
+    assert len(tiles) == text.count('class="mtile"')
+    for layer, unit, label, img_layer, img_unit in tiles:
+        assert layer == img_layer and unit == img_unit and int(unit) == int(label)
+    assert not (run_dir / "report/img/conv1/montage.png").exists()
+
+
+def test_layers_table_links_to_layer_pages_and_layer_pages_to_neighbours(run_dir):
+    index = (run_dir / "report/index.html").read_text()
+    table = index[index.index("<h2>Layers</h2>"):]
+    assert '<td><a href="layers/conv1.html">conv1</a></td>' in table
+    assert '<td><a href="layers/conv2.html">conv2</a></td>' in table
+    first, second = ((run_dir / f"report/layers/{n}.html").read_text() for n in ("conv1", "conv2"))
+    assert 'rel="next" href="conv2.html"' in first and 'rel="prev"' not in first
+    assert 'rel="prev" href="conv1.html"' in second and 'rel="next"' not in second
+
+
+def test_layer_cards_carry_the_statistics_they_sort_by(run_dir):
+    from cnnviz_fast.results import Results
+
+    text = (run_dir / "report/layers/conv2.html").read_text()
+    cards = re.findall(r'<div class="unit[^"]*" id="u(\d+)" data-unit="(\d+)" data-max="([^"]*)" data-mean="([^"]*)" '
+                       r'data-rate="([^"]*)" data-dead="([01])">', text)
+    assert len(cards) == 32
+    with Results(run_dir) as res:
+        stats = res.unit_stats("conv2")
+    for uid, unit, mx, mean, rate, dead in cards:
+        st = stats[int(unit)]
+        assert uid == unit and float(mx) == st["max"] and float(mean) == st["mean_max"]
+        assert float(rate) == st["firing_rate"] and dead == str(int(st["dead"]))
+    assert '<select id="sort">' in text and '<select id="show">' in text and 'src="../report.js"' in text
+
+
+def test_small_grids_are_enlarged_sharp(run_dir):
+    """conv1's 5x5 fields make 19-px grids: drawn with image-rendering: pixelated at a minimum size."""
+    layer = (run_dir / "report/layers/conv1.html").read_text()
+    assert layer.count('<img class="px"') == 2 * 16
+    css = (run_dir / "report/style.css").read_text()
+    assert "image-rendering: pixelated" in css and re.search(r"\.pair img \{[^}]*min-width: \d+px", css)
+
+
+def test_unit_page_histogram_matches_results(run_dir):
+    """The unit page draws unit_hist: one bar per non-empty bin, tooltips with the counts."""
+    from cnnviz_fast.results import Results
+
+    with Results(run_dir) as res:
+        hist = res.unit_hist("conv2")[3]
+        images = res.unit_stats("conv2")[3]["images"]
+    assert hist.sum() == images == 9
+    text = (run_dir / "report/units/conv2/unit_0003.html").read_text()
+    svg = text[text.index('<svg class="hist"'):text.index("</svg>")]
+    counts = [int(c) for c in re.findall(r": (\d+) images</title>", svg)]
+    assert sorted(counts) == sorted(int(c) for c in hist[hist > 0])
+
+
+def test_unit_page_explains_grey_padding(run_dir):
+    """With 9 images of 64 px and conv2's 10 px fields some boxes run off the image somewhere: the
+    pages holding such boxes say what the grey is; pages without never do."""
+    from cnnviz_fast.reporting._data import gather
+
+    run = gather(run_dir)
+    view = next(v for v in run.layers if v.name == "conv2")
+    h, w = run.input_hw
+    said = 0
+    for unit in range(view.info.units):
+        off = sum(1 for r in range(view.topk.k) if (b := view.box(unit, r)) and
+                  (b[0] < 0 or b[1] < 0 or b[2] > h or b[3] > w))
+        text = (run_dir / f"report/units/conv2/unit_{unit:04d}.html").read_text()
+        assert ("run off the image" in text) == (off > 0)
+        if off:
+            assert f"{off} of these 9 receptive fields run off the image" in text and "padding" in text
+            said += 1
+    assert said > 0
 
 
 def test_filters_are_the_first_conv(run_dir):
@@ -111,9 +201,11 @@ def test_filters_are_the_first_conv(run_dir):
 
 
 def test_montage_is_deterministic(run_dir, tmp_path):
-    first = (run_dir / "report/img/conv2/montage.png").read_bytes()
+    def tiles():
+        return re.findall(r'class="mtile" href="([^"]+)"', (run_dir / "report/index.html").read_text())
+    first = tiles()
     report(run_dir)
-    assert (run_dir / "report/img/conv2/montage.png").read_bytes() == first
+    assert tiles() == first and len(first) == 32
 
 
 def test_callable_module(run_dir):
@@ -168,7 +260,7 @@ def test_report_from_handmade_db(tmp_path):
 
 
 def test_cli_project_report_and_stale_exit_status(run_dir, tmp_path):
-    exe = [sys.executable, "-m", "cnnviz_fast._cli_report"]
+    exe = [sys.executable, "-m", "cnnviz_fast"]
     out = tmp_path / "cli"
     data = tmp_path / "data"
     generate(data, 9, seed=2)
@@ -188,7 +280,7 @@ def test_cli_project_report_and_stale_exit_status(run_dir, tmp_path):
 def test_cli_run_mines_projects_and_reports(tmp_path):
     data = tmp_path / "data"
     generate(data, 12, seed=4)
-    p = subprocess.run([sys.executable, "-m", "cnnviz_fast._cli_report", "run", "demo", str(data), "--out",
+    p = subprocess.run([sys.executable, "-m", "cnnviz_fast", "run", "demo", str(data), "--out",
                         str(tmp_path / "out"), "--layers", "conv1", "--quiet"], capture_output=True, text=True,
                        cwd=tmp_path)
     assert p.returncode == 0, p.stderr

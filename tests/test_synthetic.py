@@ -98,7 +98,7 @@ def demo(demo_path):
 
 
 def test_demo_is_small_and_valid(demo_path, demo):
-    assert demo_path.stat().st_size < 5 * 1024 * 1024
+    assert demo_path.stat().st_size <= 4 * 1024 * 1024
     onnx.checker.check_model(demo[0])
 
 
@@ -144,3 +144,52 @@ def test_demo_classifies_fresh_images(demo_path, demo, tmp_path):
     assert logits.shape == (100, len(synthetic.CLASSES))
     accuracy = float((logits.argmax(1) == labels).mean())
     assert accuracy >= meta["info"]["test_accuracy"] - 0.1
+
+
+# conv1's smoothness, the measure defined independently of models/train_demo.py.
+
+def slice_neighbour_correlation(w: np.ndarray) -> float:
+    """Mean over (filter, channel) slices of the Pearson correlations of horizontally and of
+    vertically neighbouring weights (w[y, x] vs w[y, x + 1], w[y, x] vs w[y + 1, x]), averaged."""
+    rs = []
+    for s in np.asarray(w, np.float64).reshape(-1, *w.shape[2:]):
+        rs.append(np.corrcoef(s[:, :-1].ravel(), s[:, 1:].ravel())[0, 1])
+        rs.append(np.corrcoef(s[:-1, :].ravel(), s[1:, :].ravel())[0, 1])
+    return float(np.mean(rs))
+
+
+def first_conv_weight(model: onnx.ModelProto) -> np.ndarray:
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    conv = next(node for node in model.graph.node if node.op_type == "Conv")
+    return numpy_helper.to_array(inits[conv.input[1]])
+
+
+def test_neighbour_correlation_separates_noise_from_edges_and_blobs():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(32, 3, 7, 7))
+    assert abs(slice_neighbour_correlation(noise)) < 0.1
+    yy, xx = np.mgrid[-3:4, -3:4].astype(float)
+    edge = np.tanh(xx * np.cos(0.6) + yy * np.sin(0.6))
+    blob = np.exp(-(xx**2 + yy**2) / 4.0)
+    smooth = np.stack([np.stack([edge, -edge, blob]), np.stack([blob, blob, edge])])
+    assert slice_neighbour_correlation(smooth) > 0.7
+
+
+def test_training_script_measures_the_same_correlation():
+    pytest.importorskip("torch")
+    from cnnviz_fast.zoo.train_demo import neighbour_correlation
+
+    w = np.random.default_rng(1).normal(size=(5, 3, 7, 7)).cumsum(axis=3)  # random walks along x
+    assert neighbour_correlation(w) == pytest.approx(slice_neighbour_correlation(w), abs=1e-12)
+
+
+def test_demo_first_layer_filters_are_smooth(demo):
+    """Zeiler & Fergus's layer 1 shows edges and colour blobs, not pixel noise (issue 13)."""
+    model, meta = demo
+    w = first_conv_weight(model)
+    assert w.shape[1] == 3 and w.shape[2] >= 5 and w.shape[0] >= 32
+    smooth = slice_neighbour_correlation(w)
+    assert smooth >= 0.5
+    assert smooth == pytest.approx(meta["info"]["conv1_neighbour_correlation"], abs=1e-3)

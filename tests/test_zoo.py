@@ -95,7 +95,7 @@ def test_registry(name):
 
 
 def test_unknown_model():
-    with pytest.raises(ValueError, match="unknown zoo model 'resnet'.*alexnet, vgg16, zfnet"):
+    with pytest.raises(ValueError, match="unknown zoo model 'resnet'.*alexnet, resnet18, resnet50, vgg16, zfnet"):
         zoo.build("resnet")
 
 
@@ -353,3 +353,75 @@ def test_export_zoo_with_weights_and_labels(tmp_path, zfnet_files):
     with torch.no_grad():
         want = model(x).numpy()
     assert _rel_err(sess.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0], want) < 1e-4
+
+
+def _torchvision_resnet(name, seed=0):
+    """torchvision's own ResNet with random weights and BatchNorm statistics (not identities)."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(seed)
+    net = getattr(torchvision.models, name)(weights=None).eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+    return net
+
+
+@pytest.mark.parametrize("name", ["resnet18", pytest.param("resnet50", marks=pytest.mark.slow)])
+def test_resnet_loads_torchvision_weights(tmp_path, monkeypatch, name):
+    """A torchvision-keyed .pth (saved from torchvision's ResNet) loads into the zoo's ResNet; the
+    exported model computes what torchvision does, its layers are conv1 and the blocks."""
+    from cnnviz_fast.graph import Model
+
+    monkeypatch.setenv("CNNVIZ_CACHE", str(tmp_path / "cache"))
+    tv = _torchvision_resnet(name)
+    weights = tmp_path / f"{name}.pth"
+    torch.save(tv.state_dict(), weights)
+    model = Model.load(f"zoo:{name}", weights=weights)
+    assert [layer.name for layer in model.layers] == list(zoo.entry(name).layers)
+    assert model.layers[1].name == "layer1.0" and model.info["weights"] == weights.name
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    feeds = {model.input_name: x}
+    got = ort.InferenceSession(model.serialized(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    taps = {}
+    hooks = [tv.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: taps.__setitem__(n, o.numpy().copy()))
+             for n in ("relu", "layer2.1" if name == "resnet18" else "layer2.3")]
+    with torch.no_grad():
+        want = tv(torch.from_numpy(x)).numpy()
+    for h in hooks:
+        h.remove()
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    sess = ort.InferenceSession(model.mining_graph(model.layers, heads="native").SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    maps = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    block = model.layer("layer2.1" if name == "resnet18" else "layer2.3")
+    for layer, ref in ((model.layer("conv1"), taps["relu"]), (block, taps[block.name])):
+        np.testing.assert_allclose(maps[layer.tensor], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+def test_resnet_refuses_another_layout(tmp_path):
+    net = zoo.build("resnet18")
+    state = {k.replace("downsample", "shortcut"): v for k, v in net.state_dict().items()}
+    torch.save(state, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"missing layer2\.0\.downsample\.0\.weight.*unexpected layer2\.0\.shortcut"):
+        zoo.load_weights(zoo.build("resnet18"), tmp_path / "bad.pth", "resnet18")
+
+
+def test_model_from_torch_names_layers_from_module_paths():
+    from cnnviz_fast.graph import Model
+
+    tv = _torchvision_resnet("resnet18")
+    model = Model.from_torch(tv, input_size=(3, 64, 64))
+    assert model.name == "ResNet" and model.input_size == (3, 64, 64) and model.path is None
+    assert [layer.name for layer in model.layers] == list(zoo.entry("resnet18").layers)
+    x = np.random.default_rng(1).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    got = ort.InferenceSession(model.serialized(), providers=["CPUExecutionProvider"]).run(None, {model.input_name: x})[0]
+    with torch.no_grad():
+        want = tv(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    with pytest.raises(TypeError, match="takes a torch.nn.Module"):
+        Model.from_torch(object())

@@ -18,7 +18,7 @@ _LAZY = {
     "Model": "cnnviz_fast.graph",
     "Layer": "cnnviz_fast.graph",
     "UnsupportedOp": "cnnviz_fast.graph",
-    "build_info": "cnnviz_fast._runtime",
+    "build_info": "cnnviz_fast.runtime",
     "mine": "cnnviz_fast.mining",
     "Projector": "cnnviz_fast.projection",
     "report": "cnnviz_fast.reporting",

@@ -16,6 +16,16 @@ class ResultsError(CnnvizError):
     """results.db is missing, unreadable, or not a cnnviz_fast results database."""
 
 
+class MinedModelError(ResultsError):
+    """The model results.db was mined with cannot be had: its file is not recorded or gone, it does
+    not load, or it is another model (its sha256 differs). `reason` is the problem without the
+    advice (what to pass) that str(error) adds."""
+
+    def __init__(self, reason: str, advice: str):
+        super().__init__(f"{reason}; {advice}")
+        self.reason = reason
+
+
 class MiningError(CnnvizError):
     """Mining cannot start or go on."""
 

@@ -61,22 +61,40 @@ class Preprocess:
 
     @classmethod
     def from_metadata(cls, meta: dict, input_hw: tuple[int, int] | None = None, draft: bool = False) -> "Preprocess":
-        """From a `cnnviz.preprocess` dict; `input_hw`, when given, must equal the crop."""
+        """From a `cnnviz.preprocess` dict; `input_hw`, when given, must equal the crop.
+
+        ValueError (a message naming the key) for a missing key or an unusable value: a std or
+        scale that is zero, negative or not finite, a mean or std that is not three numbers, a
+        resize or crop below one pixel, an unknown channel order or interpolation.
+        """
+        for key in ("resize", "crop", "mean", "std"):
+            if key not in meta:
+                raise ValueError(f"preprocess has no {key!r}")
         crop = meta["crop"]
-        crop = (int(crop), int(crop)) if isinstance(crop, (int, float)) else (int(crop[0]), int(crop[1]))
+        crop = (crop, crop) if isinstance(crop, (int, float)) and not isinstance(crop, bool) else crop
+        if not isinstance(crop, (list, tuple)) or len(crop) != 2 or not all(_whole(v) for v in crop):
+            raise ValueError(f"preprocess crop must be a positive integer or [height, width], not {meta['crop']!r}")
+        crop = (int(crop[0]), int(crop[1]))
         if input_hw is not None and tuple(input_hw) != crop:
             raise ValueError(f"the model's preprocessing crops {crop[0]}x{crop[1]} but its input is "
                              f"{input_hw[0]}x{input_hw[1]}")
+        if not _whole(meta["resize"]):
+            raise ValueError(f"preprocess resize (the shorter side) must be a positive integer, "
+                             f"not {meta['resize']!r}")
+        mean, std = _triple(meta, "mean"), _triple(meta, "std")
+        if not all(s > 0 for s in std):
+            raise ValueError(f"preprocess std must be positive (it divides), not {list(meta['std'])}")
+        scale = meta.get("scale", 255.0)
+        if not _number(scale) or not float(scale) > 0:
+            raise ValueError(f"preprocess scale must be a positive number (pixel / scale), not {scale!r}")
         order = str(meta.get("channel_order", "RGB")).upper()
         if order not in ("RGB", "BGR"):
             raise ValueError(f"preprocess channel_order must be RGB or BGR, not {order!r}")
         interp = str(meta.get("interpolation", "bilinear")).lower()
         if interp not in _INTERPOLATION:
             raise ValueError(f"preprocess interpolation {interp!r} unknown; one of {sorted(_INTERPOLATION)}")
-        return cls(resize=int(meta["resize"]), crop=crop,
-                   mean=tuple(float(v) for v in meta["mean"]), std=tuple(float(v) for v in meta["std"]),
-                   channel_order=order, scale=float(meta.get("scale", 255.0)), interpolation=interp,
-                   draft=bool(draft))
+        return cls(resize=int(meta["resize"]), crop=crop, mean=mean, std=std,
+                   channel_order=order, scale=float(scale), interpolation=interp, draft=bool(draft))
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
@@ -111,6 +129,21 @@ class Preprocess:
         a, b = self.affine()
         v = np.arange(256, dtype=np.float32)
         return np.stack([v * a[c] + b[c] for c in range(3)])
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _whole(v) -> bool:
+    return _number(v) and float(v) == int(v) and int(v) >= 1
+
+
+def _triple(meta: dict, key: str) -> tuple[float, float, float]:
+    v = meta[key]
+    if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(_number(x) for x in v):
+        raise ValueError(f"preprocess {key} must be three finite numbers (R, G, B), not {v!r}")
+    return tuple(float(x) for x in v)
 
 
 def open_image(data: bytes) -> Image.Image:

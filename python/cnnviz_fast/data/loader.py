@@ -1,12 +1,15 @@
 """Parallel decoding into reusable batch buffers, with a bounded number of batches in flight.
 
 Batch boundaries are fixed by the manifest: batch b holds image ids [b * B, (b + 1) * B), whatever
-the worker count or where a run was resumed, so a resumed run sees exactly the batches an
-uninterrupted one does. Each image is one task for a pool of decode threads: Pillow releases the
-GIL while it decodes and resamples, and NumPy while it normalises, so threads scale on the cores
-without copying decoded images between processes (measured in benchmarks/mining.py). Each task
-writes straight into its slot of a batch buffer; images that fail leave their slot and are listed
-in `Batch.errors`, and the good rows are packed to the front.
+the worker count, where a run was resumed or which ids were asked for, so a resumed run, or a
+worker mining a range or a list of ids, sees exactly the batches (or the parts of them it asked
+for) an uninterrupted full run does. `packed=True` drops that grid for callers that only want the
+images (the projection pass): consecutive runs of `batch_size` requested ids. Each image is one
+task for a pool of decode threads: Pillow releases the GIL while it decodes and resamples, and
+NumPy while it normalises, so threads scale on the cores without copying decoded images between
+processes (measured in benchmarks/mining.py). Each task writes straight into its slot of a batch
+buffer; images that fail leave their slot and are listed in `Batch.errors`, and the good rows are
+packed to the front.
 
 At most `depth` batches are decoded ahead: with depth 1 the next batch is decoded only when it
 is asked for (all workers on it while the caller waits), with depth d > 1 up to d - 1 batches are
@@ -16,12 +19,13 @@ the dataset size.
 from __future__ import annotations
 
 import collections
-import os
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from .decode import DecodeError, Preprocess, decode_into
 from .manifest import Manifest
@@ -31,10 +35,12 @@ from .manifest import Manifest
 class Batch:
     """One fixed slice of the manifest, decoded.
 
-    `index` is the batch number, `start`/`stop` its id range, `ids` int64 [n] the ids of the
-    images that decoded (ascending) and `images` their tensors (float32 [n, 3, H, W] or uint8
-    [n, H, W, 3], see BatchLoader; a view of a reused buffer: valid until the next batch is
-    requested), `errors` (image_id, path, reason).
+    `index` is the batch number, `start`/`stop` its id range (the grid's, or the first and one
+    past the last requested id when packed), `size` how many images were read (decoded or
+    failed; stop - start unless only some ids of the slice were asked for), `ids` int64 [n] the
+    ids of the images that decoded (ascending) and `images` their tensors (float32 [n, 3, H, W]
+    or uint8 [n, H, W, 3], see BatchLoader; a view of a reused buffer: valid until the next batch
+    is requested), `errors` (image_id, path, reason).
     """
 
     index: int
@@ -44,39 +50,46 @@ class Batch:
     images: np.ndarray
     errors: list[tuple[int, str, str]] = field(default_factory=list)
     buffer: np.ndarray | None = field(default=None, repr=False)
+    size: int = -1
 
-    @property
-    def size(self) -> int:
-        """Images in the slice, decoded or not."""
-        return self.stop - self.start
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            self.size = self.stop - self.start
 
 
 def default_workers() -> int:
     """Decode threads when none are asked for: one per core the process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    from ..runtime import cores
+
+    return cores()
 
 
 class BatchLoader:
-    """Iterate the manifest's batches from `start_batch` on, decoded by `workers` threads.
+    """Iterate batches of the manifest from `start_batch` on, decoded by `workers` threads.
 
-    layout "float": images float32 [n, 3, H, W], normalised; "uint8": images uint8 [n, H, W, 3],
-    resized and cropped only (4x less to move; the mining graph normalises them).
-    `allocate(shape, dtype)` makes a batch buffer (default `numpy.empty`; the CUDA path passes
-    page-locked memory). Use as a context manager or call `close()`.
+    ids: None (the whole manifest), a `range` of image ids (step 1), or a sequence of image ids
+    (sorted, duplicates dropped); batches follow the manifest's grid (see the module docstring)
+    and those with no requested id are left out, unless `packed`. `batch_numbers()` lists the
+    batch numbers the loader yields. layout "float": images float32 [n, 3, H, W], normalised;
+    "uint8": images uint8 [n, H, W, 3], resized and cropped only, channels in the model's order
+    (4x less to move; the mining graph normalises them). `allocate(shape, dtype)` makes a batch
+    buffer (default `numpy.empty`; the CUDA path passes page-locked memory). Use as a context
+    manager or call `close()`.
     """
 
     def __init__(self, manifest: Manifest, pre: Preprocess, batch_size: int, workers: int | None = None,
                  start_batch: int = 0, depth: int = 2, layout: str = "float",
-                 allocate: Callable[[tuple[int, ...], type], np.ndarray] | None = None):
+                 allocate: Callable[[tuple[int, ...], type], np.ndarray] | None = None,
+                 ids: range | Sequence[int] | np.ndarray | None = None, packed: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.manifest, self.pre, self.batch_size = manifest, pre, batch_size
         self.workers = workers or default_workers()
         self.start_batch, self.depth = start_batch, max(1, depth)
-        self.batches = -(-len(manifest) // batch_size)
+        self._ids = _requested(ids, len(manifest))
+        if packed and isinstance(self._ids, range):
+            self._ids = np.arange(self._ids.start, self._ids.stop, dtype=np.int64)
+        self._packed = packed
         if layout not in ("float", "uint8"):
             raise ValueError(f"layout must be 'float' or 'uint8', not {layout!r}")
         self._tables = pre.tables()
@@ -95,32 +108,69 @@ class BatchLoader:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
+    def batch_numbers(self) -> list[int]:
+        """The numbers of the batches this loader yields, in order."""
+        return [index for index, _, _, _ in self._plan()]
+
+    def _plan(self) -> Iterator[tuple[int, int, int, np.ndarray | None]]:
+        """(batch number, start, stop, requested ids or None for all of [start, stop))."""
+        b, n = self.batch_size, len(self.manifest)
+        if isinstance(self._ids, range):
+            lo, hi = self._ids.start, self._ids.stop
+            if hi <= lo:
+                return
+            for index in range(max(lo // b, self.start_batch), -(-hi // b)):
+                start, stop = index * b, min((index + 1) * b, n)
+                if lo <= start and stop <= hi:
+                    yield index, start, stop, None
+                else:
+                    yield index, start, stop, np.arange(max(start, lo), min(stop, hi), dtype=np.int64)
+            return
+        ids = self._ids
+        if self._packed:
+            for index in range(self.start_batch, -(-len(ids) // b)):
+                chunk = ids[index * b:(index + 1) * b]
+                yield index, int(chunk[0]), int(chunk[-1]) + 1, chunk
+            return
+        numbers = ids // b
+        cuts = np.flatnonzero(np.diff(numbers)) + 1
+        for chunk in np.split(ids, cuts) if len(ids) else []:
+            index = int(chunk[0]) // b
+            if index >= self.start_batch:
+                yield index, index * b, min((index + 1) * b, n), chunk
+
     def __iter__(self) -> Iterator[Batch]:
+        with warnings.catch_warnings():
+            # Images over Pillow's bomb limit are refused with a recorded reason; its warning is noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield from self._batches(self._plan())
+
+    def _batches(self, plan) -> Iterator[Batch]:
         pending: collections.deque = collections.deque()
-        nxt = self.start_batch
         current: Batch | None = None
         try:
             while True:
                 if current is not None:
                     self._free.append(current.buffer)
                     current = None
-                while nxt < self.batches and len(pending) < self.depth and self._free:
-                    pending.append(self._submit(nxt, self._free.pop()))
-                    nxt += 1
+                while len(pending) < self.depth and self._free:
+                    item = next(plan, None)
+                    if item is None:
+                        break
+                    pending.append(self._submit(*item, self._free.pop()))
                 if not pending:
                     return
                 current = self._collect(*pending.popleft())
                 yield current
         finally:
-            for _, _, _, futures in pending:
+            for *_, futures in pending:
                 for f in futures:
                     f.cancel()
 
-    def _submit(self, index: int, buf: np.ndarray):
-        start = index * self.batch_size
-        stop = min(start + self.batch_size, len(self.manifest))
-        futures = [self._pool.submit(self._decode_one, i, buf[i - start]) for i in range(start, stop)]
-        return index, start, buf, futures
+    def _submit(self, index: int, start: int, stop: int, wanted: np.ndarray | None, buf: np.ndarray):
+        ids = np.arange(start, stop, dtype=np.int64) if wanted is None else wanted
+        futures = [self._pool.submit(self._decode_one, i, buf[row]) for row, i in enumerate(ids.tolist())]
+        return index, start, stop, ids, buf, futures
 
     def _decode_one(self, image_id: int, out: np.ndarray) -> str | None:
         try:
@@ -131,13 +181,28 @@ class BatchLoader:
             return f"unexpected {type(exc).__name__} while decoding: {exc}"
         return None
 
-    def _collect(self, index: int, start: int, buf: np.ndarray, futures: list[Future]) -> Batch:
+    def _collect(self, index: int, start: int, stop: int, ids: np.ndarray, buf: np.ndarray,
+                 futures: list[Future]) -> Batch:
         reasons = [f.result() for f in futures]
-        stop = start + len(futures)
         good = [k for k, r in enumerate(reasons) if r is None]
-        errors = [(start + k, self.manifest.path(start + k), r) for k, r in enumerate(reasons) if r is not None]
+        errors = [(int(ids[k]), self.manifest.path(int(ids[k])), r) for k, r in enumerate(reasons) if r is not None]
         n = len(good)
         if errors and n:
             buf[:n] = buf[good]
-        ids = np.arange(start, stop, dtype=np.int64)[good] if errors else np.arange(start, stop, dtype=np.int64)
-        return Batch(index, start, stop, ids, buf[:n], errors, buf)
+        return Batch(index, start, stop, ids[good] if errors else ids, buf[:n], errors, buf, len(ids))
+
+
+def _requested(ids, n: int) -> range | np.ndarray:
+    """The ids asked for: a range within [0, n), or sorted unique int64 ids, each checked."""
+    if ids is None:
+        return range(n)
+    if isinstance(ids, range):
+        if ids.step != 1:
+            raise ValueError(f"an id range must have step 1, got {ids!r}")
+        if ids.start < 0 or ids.stop > n:
+            raise ValueError(f"id range {ids.start}..{ids.stop} is outside the manifest's 0..{n}")
+        return range(ids.start, max(ids.start, ids.stop))
+    arr = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+    if len(arr) and (arr[0] < 0 or arr[-1] >= n):
+        raise ValueError(f"image ids must be in 0..{n - 1}, got {int(arr[0])}..{int(arr[-1])}")
+    return arr

@@ -249,3 +249,16 @@ def _os_reason(exc: OSError, what: str) -> str:
     if isinstance(exc, IsADirectoryError):
         return f"cannot read the {what}: it is a folder"
     return f"cannot read the {what}: {exc.strerror or exc}"
+
+
+def sample_ids(images: int, limit: int | None) -> np.ndarray | None:
+    """The ids of a quick look at `limit` of a manifest's `images` images (`mine(limit=N)`):
+    evenly spaced, floor(j * images / limit) for j = 0..limit-1, ascending. The same manifest and
+    limit give the same sample every time, with no random generator whose stream could change, and
+    a folder tree sorted by class (ImageNet's train/<wnid>/) is sampled across every class. None
+    (the whole manifest) when `limit` is None or not below `images`."""
+    if limit is None or limit >= images:
+        return None
+    if limit < 1:
+        raise ValueError(f"a sample needs at least one image, got {limit}")
+    return (np.arange(limit, dtype=np.int64) * images) // limit

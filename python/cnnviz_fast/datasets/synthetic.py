@@ -1,5 +1,7 @@
 """Deterministic synthetic images: oriented lines, edges, circles, stripes, checkerboards, grids
-and colour blobs on varied backgrounds, one class per pattern family.
+and colour blobs on varied backgrounds, one class per pattern family. Patterns always differ
+from their background in brightness, and most pattern images are drawn in muted colour (as
+edges in photographs mostly are), the colour blobs always in vivid colour.
 
 Every image is a pure function of (seed, label, size): the random stream is
 `numpy.random.default_rng([seed, label])` (PCG64, platform independent) and all rendering is
@@ -36,6 +38,9 @@ CLASSES: tuple[str, ...] = (
 )
 
 _SUPERSAMPLE = 4
+_LUMA = np.array([0.299, 0.587, 0.114])
+# The share of pattern images (all classes but colour_blobs) drawn with muted colour.
+_MUTED = 0.7
 
 
 @lru_cache(maxsize=8)
@@ -75,13 +80,27 @@ def _paint(img: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> None:
     img += alpha[..., None] * colour
 
 
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma of RGB values [..., 3]."""
+    return rgb @ _LUMA
+
+
 def _contrasting(rng: np.random.Generator, ref: np.ndarray) -> np.ndarray:
-    """A random colour far enough from `ref` that the pattern is visible on its background."""
+    """A random colour far enough from `ref`, in colour and in brightness, that the pattern is
+    visible on its background even once `_mute` has taken most of the colour away."""
     for _ in range(16):
         c = rng.uniform(0.0, 255.0, 3)
-        if np.linalg.norm(c - ref) > 130.0:
+        if np.linalg.norm(c - ref) > 130.0 and abs(_luma(c) - _luma(ref)) > 60.0:
             return c
-    return 255.0 - ref
+    return np.full(3, 0.0 if _luma(ref) > 127.5 else 255.0)
+
+
+def _mute(rng: np.random.Generator, img: np.ndarray) -> None:
+    """Keep a random 0-40 % of the colour around each pixel's luma, in place. Edges in photographs
+    are mostly brightness edges with a little colour; so muted, most pattern images teach a first
+    conv layer oriented luminance edges, while the colour blobs class keeps it learning colour."""
+    grey = _luma(img)[..., None]
+    img[...] = grey + rng.uniform(0.0, 0.4) * (img - grey)
 
 
 def _saturated(rng: np.random.Generator) -> np.ndarray:
@@ -238,6 +257,8 @@ def draw(seed: int, label: int, size: int = 64) -> Image.Image:
     rng = np.random.default_rng([seed, label])
     img = _background(rng, size)
     _PAINTERS[label](rng, img, size)
+    if CLASSES[label] != "colour_blobs" and rng.random() < _MUTED:
+        _mute(rng, img)
     img += rng.normal(0.0, rng.uniform(0.0, 8.0), img.shape)
     return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
 

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ._blocks import activation_from, activations, block_layers, readable
 from ._index import GraphIndex
 from ._receptive import Blocked, Field
 from .errors import InvalidModel, UnsupportedOp
@@ -91,8 +92,13 @@ class Layer:
 
 
 def discover(idx: GraphIndex, metadata_layers: list | None, fields: dict,
-             shape_of: Callable[[str], tuple]) -> list[Layer]:
-    """All named layers in forward order: from `cnnviz.layers` metadata, else from the graph."""
+             shape_of: Callable[[str], tuple]) -> tuple[list[Layer], list[Layer]]:
+    """(all named layers, the default ones), both in forward order.
+
+    From `cnnviz.layers` metadata when the file has it (defaults: its conv layers); else for a
+    chain the activation after each Conv (defaults) and after each Gemm; else (a DAG) the blocks
+    of `_blocks.block_layers` (defaults) and every activation.
+    """
     if metadata_layers:
         specs = []
         for entry in metadata_layers:
@@ -100,9 +106,27 @@ def discover(idx: GraphIndex, metadata_layers: list | None, fields: dict,
                 raise InvalidModel(f"metadata layer {entry['name']!r} names tensor {entry['tensor']!r}, "
                                    "which the graph does not compute")
             specs.append((entry["name"], entry["tensor"], entry.get("kind", "conv")))
-    else:
-        specs = _from_graph(idx)
-    return make_layers(idx, specs, fields, shape_of)
+        layers = make_layers(idx, specs, fields, shape_of)
+        return layers, [layer for layer in layers if layer.kind == "conv"]
+    blocks = block_layers(idx)
+    if blocks is None:
+        layers = make_layers(idx, _from_graph(idx), fields, shape_of)
+        return layers, [layer for layer in layers if layer.kind == "conv"]
+    specs = {tensor: (name, tensor, "conv") for name, tensor in blocks}
+    names = {name for name, _ in blocks}
+    for i, tensor in activations(idx):
+        shape = idx.shape(tensor)
+        if tensor in specs or shape is None or len(shape) not in (2, 4):
+            continue
+        name = readable(idx, i)
+        if name in names:
+            name = tensor
+        names.add(name)
+        specs[tensor] = (name, tensor, "conv" if len(shape) == 4 else "fc")
+    order = sorted(specs.values(), key=lambda spec: idx.producer[spec[1]])
+    layers = make_layers(idx, order, fields, shape_of)
+    default = {tensor for _, tensor in blocks}
+    return layers, [layer for layer in layers if layer.tensor in default]
 
 
 def make_layers(idx: GraphIndex, specs: list[tuple[str, str, str]], fields: dict,
@@ -152,6 +176,9 @@ def _from_graph(idx: GraphIndex) -> list[tuple[str, str, str]]:
         if node.output[0] not in idx.data:
             continue
         relu = _relu_after(idx, node.output[0])
+        if relu is None:  # another activation (SiLU, HardSwish, GELU, ...) takes the ReLU's place
+            hit = activation_from(idx, node.output[0])
+            relu = hit[0] if hit is not None else None
         if relu is not None and relu not in seen:
             seen.add(relu)
             found.append((relu, kind))

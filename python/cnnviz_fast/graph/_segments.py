@@ -11,13 +11,13 @@ from typing import Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from . import _steps as S
+from ._adjoints import emit_local
+from ._onnx import Builder, make_model
 
 MODES = ("deconvnet", "guided", "gradient")
-SEGMENT_OPSET = 17
-SEGMENT_IR_VERSION = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,7 +36,8 @@ class OrtSegment:
 
 
 def build_segment(steps: Sequence[S.Step], mode: str = "deconvnet") -> OrtSegment:
-    """The ONNX model running the non-native `steps` in order (the adjoint of their forward ops).
+    """The ONNX model running the non-native chain `steps` in order (the adjoint of their forward
+    ops).
 
     A projector that computes inside a window may pass steps rebuilt with `dataclasses.replace`
     (smaller shapes, shifted pads); shapes and geometry are read from the steps alone.
@@ -45,10 +46,17 @@ def build_segment(steps: Sequence[S.Step], mode: str = "deconvnet") -> OrtSegmen
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if not steps or any(s.native for s in steps):
         raise ValueError("a segment needs at least one step and no native (Unpool) step")
-    b = _Builder()
-    x, masks = "x", []
+    b = Builder()
+    masks: list = []
+
+    def mask(tensor: str, shape) -> str:
+        name = f"mask{len(masks)}"
+        masks.append((name, tensor, shape))
+        return name
+
+    x = "x"
     for step in steps:
-        x = _emit(b, step, x, mode, masks)
+        x = emit_step(b, step, x, mode, mask)
     if x == "x":
         x = b.node("Identity", [x])
     b.nodes[-1].output[0] = "y"
@@ -56,42 +64,44 @@ def build_segment(steps: Sequence[S.Step], mode: str = "deconvnet") -> OrtSegmen
     inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["S", *shape])
                for name, _, shape in masks]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["S", *steps[-1].out_shape])]
-    graph = helper.make_graph(b.nodes, "cnnviz_reverse_segment", inputs, outputs, b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", SEGMENT_OPSET)],
-                              producer_name="cnnviz_fast")
-    model.ir_version = SEGMENT_IR_VERSION
+    model = make_model(b.nodes, inputs, outputs, b.inits, "cnnviz_reverse_segment")
     return OrtSegment(model, tuple(steps), tuple(steps[0].in_shape), tuple(steps[-1].out_shape),
                       tuple((name, tensor) for name, tensor, _ in masks))
 
 
-class _Builder:
-    def __init__(self):
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self._n = 0
-
-    def fresh(self, prefix: str) -> str:
-        self._n += 1
-        return f"{prefix}{self._n}"
-
-    def const(self, value: np.ndarray, prefix: str = "c") -> str:
-        name = self.fresh(prefix)
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], **attrs) -> str:
-        out = self.fresh("t")
-        self.nodes.append(helper.make_node(op, inputs, [out], self.fresh(op + "_"), **attrs))
-        return out
+def emit_adjoints(b: Builder, adjoints: Sequence[S.Adjoint], signals: dict[str, list[str]], mode: str,
+                  fwd) -> None:
+    """Emit `adjoints` in order into `b`. `signals` maps a forward tensor to the names of the signals
+    it has received so far (updated in place: a step's output signals are summed, in arrival
+    order, and consumed; its input signals appended). `fwd(t)` names forward tensor t gathered per
+    seed."""
+    for a in adjoints:
+        outs = [total(b, signals.pop(t, [])) for t in a.outputs]
+        if isinstance(a.step, S.Local):
+            got = emit_local(b, a.step, outs, mode, fwd)
+        elif outs[0] is None:
+            got = [None]
+        else:
+            got = [emit_step(b, a.step, outs[0], mode, lambda tensor, shape: fwd(tensor))]
+        for t, signal in zip(a.inputs, got):
+            if signal is not None:
+                signals.setdefault(t, []).append(signal)
 
 
-def _emit(b: _Builder, step: S.Step, x: str, mode: str, masks: list) -> str:
+def total(b: Builder, parts: list[str]) -> str | None:
+    """The sum of `parts` in their order (None when there are none)."""
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else b.node("Sum", list(parts))
+
+
+def emit_step(b: Builder, step: S.Step, x: str, mode: str, mask) -> str:
+    """The ONNX form of chain step `step` on signal `x`; `mask(tensor, shape)` names the forward
+    ReLU output a guided / gradient ReLU reads."""
     if isinstance(step, S.Relu):
         if mode == "deconvnet":
             return b.node("Relu", [x])
-        name = f"mask{len(masks)}"
-        masks.append((name, step.tensor, step.in_shape))
-        keep = b.node("Greater", [name, b.const(np.zeros((), np.float32))])
+        keep = b.node("Greater", [mask(step.tensor, step.in_shape), b.const(np.zeros((), np.float32))])
         signal = b.node("Relu", [x]) if mode == "guided" else x
         return b.node("Where", [keep, signal, b.const(np.zeros((), np.float32))])
     if isinstance(step, S.ConvT):
@@ -116,7 +126,7 @@ def _emit(b: _Builder, step: S.Step, x: str, mode: str, masks: list) -> str:
     raise TypeError(f"no ONNX form for step {type(step).__name__}")
 
 
-def _conv_transpose(b: _Builder, x: str, weight: np.ndarray, step, group: int) -> str:
+def _conv_transpose(b: Builder, x: str, weight: np.ndarray, step, group: int) -> str:
     """ConvTranspose whose output is exactly the forward input's size.
 
     Rows the forward op never read (dropped by floor division) come back as output_padding;
@@ -140,7 +150,7 @@ def _conv_transpose(b: _Builder, x: str, weight: np.ndarray, step, group: int) -
     return y
 
 
-def _crop(b: _Builder, x: str, step: S.PadCrop) -> str:
+def _crop(b: Builder, x: str, step: S.PadCrop) -> str:
     begins, ends = step.pads[:3], step.pads[3:]
     dims = step.in_shape
     if any(p > 0 for p in step.pads):

@@ -114,3 +114,39 @@ class Scale(Step):
 @dataclass(frozen=True, eq=False)
 class Identity(Step):
     """LRN, Dropout, Identity, adding a constant bias: nothing to do in the reverse pass."""
+
+
+@dataclass(frozen=True, eq=False)
+class Local(Step):
+    """Any other node, reversed by its true local adjoint (vector-Jacobian product) written as ONNX
+    ops at this image's forward values, or, for the linear multi-input / layout ops (Add, Sub, Sum,
+    Concat, Split, Slice, Transpose, ReduceMean, Resize, ...), by their exact adjoint.
+
+    `inputs` / `outputs` are the forward node's tensor names ("" for an absent optional input),
+    `data` says which inputs carry image data, `shapes` / `out_shapes` their shapes without the
+    batch dimension (None where unknown and not needed), `attrs` the node's attributes,
+    `constants` the constant inputs by position, `forward` the forward tensors the adjoint reads
+    (gathered per seed), `extra` precomputed arrays (e.g. a Resize's interpolation matrices).
+    `in_shape` is the first output's shape, `out_shape` the first data input's.
+    """
+
+    inputs: tuple[str, ...]
+    data: tuple[bool, ...]
+    shapes: tuple
+    outputs: tuple[str, ...]
+    out_shapes: tuple
+    attrs: dict
+    constants: dict
+    forward: tuple[str, ...]
+    extra: dict
+
+
+@dataclass(frozen=True, eq=False)
+class Adjoint:
+    """One step of a graph plan, wired by tensor name: `step` reads the signals of the forward
+    tensors `outputs` (for non-Local steps: one) and sends one signal to each of `inputs` (the
+    node's image-dependent inputs, in input order, repeated where the node reads a tensor twice)."""
+
+    step: Step
+    outputs: tuple[str, ...]
+    inputs: tuple[str, ...]

@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 import onnx
 
-from .._metadata import IMAGENET_PREPROCESS, read_metadata
+from .._metadata import IMAGENET_PREPROCESS, parse_preprocess, read_metadata
+from ..data.decode import Preprocess
 from ._layers import Layer
 from ._reverse import ReversePlan
 from .errors import InvalidModel
@@ -28,7 +29,7 @@ from ._mining import mining_graph, prune
 from ._receptive import receptive_fields
 from ._reverse import reverse_plan
 
-ZOO_NAMES = ("zfnet", "alexnet", "vgg16")
+ZOO_NAMES = ("zfnet", "alexnet", "vgg16", "resnet18", "resnet50")
 DEMO = "demo"
 
 
@@ -37,11 +38,14 @@ class Model:
 
     Attributes: `path` (the ONNX file, None for `from_proto`), `proto` (the folded model, dynamic
     batch, inferred shapes), `sha256` (of the original file bytes), `name`, `input_name`,
-    `input_size` (3, H, W), `opset`, `preprocess` (as in `cnnviz_fast._metadata`), `labels`,
+    `input_size` (3, H, W), `input_layout` ("NCHW", or "NHWC" for a file whose input was
+    channels-last: the Model's input is NCHW all the same), `opset`, `preprocess` (as in
+    `cnnviz_fast._metadata`, validated), `labels`,
     `info`, `layers` (default taps), `all_layers` (plus the fully connected ones).
     """
 
-    def __init__(self, loaded: Loaded, path: Path | None, name: str | None = None):
+    def __init__(self, loaded: Loaded, path: Path | None, name: str | None = None,
+                 preprocess: dict | str | os.PathLike | None = None):
         meta = read_metadata(loaded.proto)
         self.path = path
         self.proto = loaded.proto
@@ -51,20 +55,31 @@ class Model:
         self.input_size = loaded.input_size
         self.opset = loaded.opset
         self.name = meta.get("model") or name or (path.stem if path else "model")
+        self.input_layout = loaded.layout
         self.preprocess = dict(meta.get("preprocess") or _default_preprocess(self.input_size))
+        if preprocess is not None:
+            self.preprocess.update(parse_preprocess(preprocess))
+        try:
+            Preprocess.from_metadata(self.preprocess, tuple(self.input_size[1:]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidModel(f"{self.name}: unusable preprocessing: {exc}") from None
         self.labels: list[str] | None = meta.get("labels")
         self.info: dict[str, Any] = dict(meta.get("info") or {})
         self._index = GraphIndex(self.proto, self.input_name)
         self._fields = receptive_fields(self._index, self.input_size[1:])
         self._shapes: dict[str, tuple] = {}
-        self.all_layers: list[Layer] = discover(self._index, meta.get("layers"), self._fields, self._shape_of)
-        self.layers: list[Layer] = [layer for layer in self.all_layers if layer.kind == "conv"]
+        self.all_layers: list[Layer]
+        self.layers: list[Layer]
+        self.all_layers, self.layers = discover(self._index, meta.get("layers"), self._fields, self._shape_of)
 
     @classmethod
     def load(cls, path_or_zoo_name: str | os.PathLike, weights: str | os.PathLike | None = None,
-             random_weights: bool = False, seed: int = 0) -> "Model":
-        """Load an .onnx file, or a zoo model ("zfnet", "alexnet", "vgg16", also "zoo:NAME") from
-        local `weights` (or `random_weights=True`, seeded), or the shipped "demo" model."""
+             random_weights: bool = False, seed: int = 0,
+             preprocess: dict | str | os.PathLike | None = None) -> "Model":
+        """Load an .onnx file, or a zoo model ("zfnet", "alexnet", "vgg16", "resnet18", "resnet50",
+        also "zoo:NAME") from local `weights` (or `random_weights=True`, seeded), or the shipped
+        "demo" model. `preprocess` (a dict, JSON text or a JSON file; keys as the file's
+        `cnnviz.preprocess` metadata, see `cnnviz_fast._metadata`) overrides the file's keys."""
         target = os.fspath(path_or_zoo_name)
         zoo_name = target[4:] if target.startswith("zoo:") else target
         # A zoo name wins unless a *file* of that name exists (a folder called "demo" is no model).
@@ -77,14 +92,27 @@ class Model:
         if not path.is_file():
             raise InvalidModel(f"{target}: no such file, and not a zoo model "
                                f"({', '.join(ZOO_NAMES + (DEMO,))})")
-        return cls(load_file(path), path)
+        return cls(load_file(path), path, preprocess=preprocess)
 
     @classmethod
-    def from_proto(cls, proto: onnx.ModelProto, name: str | None = None) -> "Model":
+    def from_proto(cls, proto: onnx.ModelProto, name: str | None = None,
+                   preprocess: dict | str | os.PathLike | None = None) -> "Model":
         """A Model from an in-memory ModelProto (copied; sha256 of its serialisation)."""
         raw = proto.SerializeToString()
         copy = onnx.load_model_from_string(raw)
-        return cls(normalise(copy, hashlib.sha256(raw).hexdigest(), name or "<memory>"), None, name)
+        return cls(normalise(copy, hashlib.sha256(raw).hexdigest(), name or "<memory>"), None, name,
+                   preprocess=preprocess)
+
+    @classmethod
+    def from_torch(cls, module, input_size: Sequence[int] = (3, 224, 224), name: str | None = None,
+                   preprocess: dict | str | os.PathLike | None = None, opset: int = 17) -> "Model":
+        """A Model from a torch `nn.Module` (eval mode), exported in memory by torch.onnx's
+        TorchScript exporter with a dynamic batch; node names keep the module paths, so layers are
+        named `layer1.0`, `features.3`, .... torch is imported only here."""
+        from ._torch import export_module
+
+        return cls.from_proto(export_module(module, input_size, opset),
+                              name=name or type(module).__name__, preprocess=preprocess)
 
     def __repr__(self) -> str:
         return (f"Model({self.name!r}, input {list(self.input_size)}, "
@@ -121,6 +149,27 @@ class Model:
                              f"{', '.join(map(repr, unknown))}; available: "
                              f"{', '.join(by_name) or '(none found)'} (or any image-dependent tensor name)")
         return list({layer.name: layer for layer in out}.values())
+
+    def layer_candidates(self, limit: int = 12) -> list[str]:
+        """Tensors worth naming with --layers when there are no default layers: image-dependent
+        [N, C, H, W] maps computed after a Conv, in forward order (at most `limit`)."""
+        idx, out = self._index, []
+        after_conv = False
+        for node in idx.nodes:
+            after_conv |= node.op_type == "Conv" and node.output[0] in idx.data
+            t = node.output[0] if node.output else ""
+            if after_conv and t in idx.data and idx.spatial(t) is not None and len(idx.shape(t)) == 4:
+                out.append(t)
+        if len(out) > limit:  # spread over the depth of the net
+            out = [out[round(k * (len(out) - 1) / (limit - 1))] for k in range(limit)]
+        return out
+
+    def no_layers_message(self) -> str:
+        """Why there is nothing to mine by default, and which tensors could be named instead."""
+        cands = self.layer_candidates()
+        return (f"model {self.name} has no default layers (no activation after a Conv, no block "
+                f"outputs); name tensors with --layers, e.g. candidate tensors: "
+                f"{', '.join(cands) if cands else '(none: no 4-D map after a Conv)'}")
 
     def mining_graph(self, layers: str | Sequence[str | Layer] | None = None,
                      heads: str = "graph") -> onnx.ModelProto:
@@ -180,10 +229,11 @@ def _default_preprocess(input_size: tuple[int, int, int]) -> dict:
 def _run_shapes(model: Model, tensors: list[str]) -> dict[str, tuple]:
     """Shapes of `tensors` from one ONNX Runtime run on a zero image (when inference has none)."""
     import numpy as np
-    import onnxruntime as ort
+
+    from ..runtime import session
 
     proto = prune(model._index, tensors)
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = session(proto, "cpu", what="a shape probe")
     outs = sess.run(tensors, {model.input_name: np.zeros((1, *model.input_size), np.float32)})
     return {t: ("N", *o.shape[1:]) for t, o in zip(tensors, outs)}
 

@@ -6,42 +6,25 @@ tapped maps, reduced by `_C.unit_max` (OpenMP). Measured in benchmarks/mining.py
 within noise of each other on CPU for ZFNet/AlexNet, and "graph" keeps the maps inside ORT's
 arena, so "auto" means "graph".
 
-CUDA: IOBinding. The input is bound from page-locked host memory (the decode workers write straight
-into it), outputs are bound on the device, and the caller merges them into device-resident top-k
-stores through DLPack; only the [N, C] maxima come back to the host, for the per-unit statistics.
-cuDNN's algorithm choice is HEURISTIC, not EXHAUSTIVE: a timing-based choice could differ after a
-restart and with it the last bits of the scores, and a resumed run must equal an uninterrupted one.
+CUDA: IOBinding on the session's own stream (runtime.session's stream policy). The input is bound
+from page-locked host memory (the decode workers write straight into it), outputs are bound on the
+device, and the caller merges them into device-resident top-k stores through DLPack; only the
+[N, C] maxima come back to the host, for the per-unit statistics. cuDNN's algorithm choice is
+HEURISTIC (see runtime): a resumed run must equal an uninterrupted one.
 """
 from __future__ import annotations
 
-import ctypes
-import os
 from typing import Any, Sequence
 
 import numpy as np
 
+from .. import runtime
 from ..data import Preprocess
+from ..errors import CnnvizError, DeviceUnavailable
 from ._optimize import UINT8_INPUT, rewrite_lrn, uint8_input_graph
 from .errors import MiningError
 
 HEADS = ("auto", "graph", "native")
-
-
-def session_options(threads: int | None, spinning: bool = False):
-    """ORT options used for mining (and by the benchmark)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = threads or _cores()
-    so.inter_op_num_threads = 1
-    so.enable_mem_pattern = True
-    so.enable_cpu_mem_arena = True
-    so.log_severity_level = 3
-    # Decode threads share the cores with ORT's pool: spinning workers would steal their time.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return so
 
 
 class ForwardSession:
@@ -56,14 +39,13 @@ class ForwardSession:
     graph with `pre.affine()` (BatchLoader layout "uint8").
     """
 
-    def __init__(self, model, layers: Sequence, device: str = "cpu", heads: str = "auto",
+    def __init__(self, model, layers: Sequence, device: runtime.Target | str = "cpu", heads: str = "auto",
                  threads: int | None = None, spinning: bool = False, iobinding: bool | None = None,
                  optimize: bool = True, uint8_input: Preprocess | None = None):
-        import onnxruntime as ort
-
         if heads not in HEADS:
             raise ValueError(f"heads must be one of {HEADS}, not {heads!r}")
-        self.device = device
+        self.target = runtime.as_target(device)
+        self.device = device = self.target.name
         self.heads = "graph" if heads == "auto" else heads
         self.layers = list(layers)
         self.input_name = model.input_name
@@ -82,36 +64,27 @@ class ForwardSession:
             self.outputs = [name for layer in self.layers for name in (layer.max_output, layer.argmax_output)]
         else:
             self.outputs = list(dict.fromkeys(layer.tensor for layer in self.layers))
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if device == "cuda":
-            providers.insert(0, ("CUDAExecutionProvider", {
-                "device_id": 0, "cudnn_conv_algo_search": "HEURISTIC", "use_tf32": 0,
-                "do_copy_in_default_stream": 1}))
+        self.stream = runtime.cuda_stream(self.target)
+        # Decode threads share the cores with ORT's pool: spinning workers would steal their time.
         try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), session_options(threads, spinning),
-                                                providers=providers)
+            self.session = runtime.session(proto, self.target, threads=threads, arena="session", spinning=spinning,
+                                           mem_pattern=True, stream=self.stream,
+                                           what=f"the mining graph of {model.name}")
+        except CnnvizError:
+            raise
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise MiningError(f"ONNX Runtime cannot run the mining graph of {model.name}: {exc}") from None
-        if device == "cuda" and "CUDAExecutionProvider" not in self.session.get_providers():
-            raise MiningError("ONNX Runtime did not keep the CUDA EP for the mining graph; run "
-                              "`cnnviz-fast info` to see why")
         self._binding = self.session.io_binding() if self.iobinding else None
-        self._pinned: list[tuple[int, int]] = []
-        self._cudart = _cudart() if device == "cuda" else None
-        self.pinned_note = None
+        self.pinned_note: str | None = None
 
     def allocate(self, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
-        """A batch buffer; page-locked (cudaHostRegister) for a CUDA session when possible."""
-        buf = np.empty(shape, dtype)
-        if self._cudart is not None:
-            ptr, size = buf.ctypes.data, buf.nbytes
-            if self._cudart.cudaHostRegister(ctypes.c_void_p(ptr), ctypes.c_size_t(size), 1) == 0:
-                self._pinned.append((ptr, size))
-            else:
-                self.pinned_note = "cudaHostRegister failed: input copies use pageable memory"
-        elif self.device == "cuda":
-            self.pinned_note = "libcudart not found by ctypes: input copies use pageable memory"
-        return buf
+        """A batch buffer; page-locked for a CUDA session (pageable, with `pinned_note` saying why,
+        where the system refuses page-locked memory: slower copies, same results)."""
+        try:
+            return runtime.pinned_empty(shape, dtype, self.target)
+        except DeviceUnavailable as exc:
+            self.pinned_note = f"{exc}: input copies use pageable memory"
+            return np.empty(shape, dtype)
 
     def run(self, images: np.ndarray) -> list[tuple[Any, Any]]:
         try:
@@ -136,10 +109,9 @@ class ForwardSession:
         return np.from_dlpack(values)
 
     def close(self) -> None:
-        if self._cudart is not None:
-            for ptr, _ in self._pinned:
-                self._cudart.cudaHostUnregister(ctypes.c_void_p(ptr))
-        self._pinned.clear()
+        """Drop the IOBinding and the session (and with it the stream); batch buffers free themselves."""
+        self._binding = None
+        self.session = None
 
     def _run_bound(self, images: np.ndarray) -> list:
         import onnxruntime as ort
@@ -149,7 +121,7 @@ class ForwardSession:
         b.bind_input(self.input_name, "cpu", 0, images.dtype.type, list(images.shape), images.ctypes.data)
         out_device = "cuda" if self.device == "cuda" else "cpu"
         for name in self.outputs:
-            b.bind_output(name, out_device, 0)
+            b.bind_output(name, out_device, self.target.device_id)
         self.session.run_with_iobinding(b)
         outs: list[ort.OrtValue] = b.get_outputs()
         b.clear_binding_outputs()
@@ -163,30 +135,3 @@ class ForwardSession:
             return tap, np.zeros(shape, np.int32)
         return _C.unit_max(tap)
 
-
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
-def _cudart():
-    """The CUDA runtime library ONNX Runtime's CUDA EP loaded (for cudaHostRegister), or None."""
-    names = ["libcudart.so.13", "libcudart.so.12", "libcudart.so"]
-    try:
-        import nvidia.cuda_runtime  # NVIDIA's wheel, when onnxruntime-gpu[cuda] installed it
-
-        base = os.path.join(list(nvidia.cuda_runtime.__path__)[0], "lib")
-        names = [os.path.join(base, n) for n in sorted(os.listdir(base)) if n.startswith("libcudart.so")] + names
-    except (ImportError, OSError, IndexError):
-        pass
-    for name in names:
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
-        lib.cudaHostRegister.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint]
-        lib.cudaHostUnregister.argtypes = [ctypes.c_void_p]
-        return lib
-    return None

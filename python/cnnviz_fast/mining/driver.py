@@ -1,24 +1,29 @@
-"""`mine()`: pass 1 of cnnviz_fast, streaming a dataset through the mining graph into results.db."""
+"""`mine()`: pass 1 of cnnviz_fast, streaming a dataset through the mining graph into results.db.
+
+The driver orchestrates: it checks the arguments, opens results.db (resuming an unfinished run),
+runs the loop of `_loop.mine_batches` over the batches still to do, checkpoints, enforces the error
+budget, reports progress and returns the summary. The loop itself knows none of that.
+"""
 from __future__ import annotations
 
 import os
 import platform
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence, TextIO
 
 import numpy as np
-from PIL import Image
 
 from ..data import BatchLoader, Manifest, Preprocess, default_workers, open_manifest
-from ._device import resolve_device
+from ..data.manifest import sample_ids
+from .._progress import Progress
+from ._loop import mine_batches
 from ._session import ForwardSession
 from ._state import MiningState
 from .errors import ErrorRateExceeded, MiningError
-from .progress import Progress
 from ..results import ResultsDB, open_results
+from ..runtime import resolve_device
 from .summary import MiningSummary
 
 
@@ -26,7 +31,7 @@ def mine(model, data, out: str | os.PathLike, *, layers: str | Sequence[str] | N
          batch_size: int = 32, workers: int | None = None, device: str = "auto", weights=None,
          random_weights: bool = False, overwrite: bool = False, max_error_rate: float | None = None,
          checkpoint_images: int = 10_000, checkpoint_seconds: float = 60.0, progress: str = "auto",
-         draft: bool = False, heads: str = "auto", threads: int | None = None,
+         draft: bool = False, heads: str = "auto", threads: int | None = None, limit: int | None = None,
          stream: TextIO | None = None) -> MiningSummary:
     """Find the `top_k` images of `data` that excite each unit of `layers` most; write OUT/results.db.
 
@@ -37,6 +42,9 @@ def mine(model, data, out: str | os.PathLike, *, layers: str | Sequence[str] | N
     workers: decode threads (default: one per core). threads: ONNX Runtime intra-op threads
     (default: one per core). draft: JPEG draft decoding (faster for large JPEGs, slightly different
     pixels; part of the configuration). heads: "auto" | "graph" | "native" (how maxima are reduced).
+    limit: mine only a fixed sample of that many images, evenly spaced over the manifest
+    (`cnnviz_fast.data.manifest.sample_ids`; the same sample every time, part of the configuration;
+    image ids stay manifest positions), for a quick look before the full run.
 
     An unfinished run of the same configuration in `out` is resumed; another configuration raises
     ConfigMismatch unless `overwrite`. Checkpoints (one SQLite transaction each) every
@@ -51,28 +59,34 @@ def mine(model, data, out: str | os.PathLike, *, layers: str | Sequence[str] | N
     for what, value in (("workers", workers), ("threads", threads)):
         if value is not None and value < 1:
             raise MiningError(f"{what} must be >= 1, got {value}")
+    if limit is not None and limit < 1:
+        raise MiningError(f"limit must be >= 1, got {limit}")
     if max_error_rate is not None and not 0.0 <= max_error_rate <= 1.0:
         raise MiningError(f"max error rate must be between 0 and 1, got {max_error_rate}")
-    report = Progress(0, mode=progress, stream=stream)
-    dev, dev_note = resolve_device(device)
+    report = Progress(0, errors=0, mode=progress, stream=stream)
+    target = resolve_device(device, option="--device")
+    dev, dev_note = target.name, target.reason
     model = _load_model(model, weights, random_weights)
     taps = _taps(model, layers)
     pre = _preprocess(model, draft)
     manifest = data if isinstance(data, Manifest) else _manifest(data)
     workers = workers or default_workers()
+    sample = sample_ids(len(manifest), limit)
     config = {
         "model_sha256": model.sha256, "top_k": top_k, "preprocess": pre.to_dict(),
         "layers": [{"name": t.name, "tensor": t.tensor, "kind": t.kind, "units": t.units,
                     "map_shape": list(t.map_shape)} for t in taps],
         "dataset": manifest.spec, "dataset_images": len(manifest), "dataset_fingerprint": manifest.fingerprint(),
-        "batch_size": batch_size, "device": dev,
+        "batch_size": batch_size, "device": dev, "limit": None if sample is None else limit,
     }
     db, resumed = open_results(out, config, _provenance(model), manifest, overwrite)
     try:
         report.message(dev_note)
         for w in manifest.warnings:
             report.message(f"warning: {w}")
-        return _run(db, resumed, model, taps, pre, manifest, dev, config, report, workers=workers,
+        if sample is not None:
+            report.message(f"mining a sample of {limit:,} of the {len(manifest):,} images (limit)")
+        return _run(db, resumed, model, taps, pre, manifest, dev, config, report, sample, workers=workers,
                     heads=heads, threads=threads, max_error_rate=max_error_rate,
                     checkpoint_images=checkpoint_images, checkpoint_seconds=checkpoint_seconds)
     finally:
@@ -82,9 +96,10 @@ def mine(model, data, out: str | os.PathLike, *, layers: str | Sequence[str] | N
 
 
 def _run(db: ResultsDB, resumed: bool, model, taps, pre: Preprocess, manifest: Manifest, dev: str, config: dict,
-         report: Progress, *, workers: int, heads: str, threads: int | None, max_error_rate: float | None,
+         report: Progress, sample, *, workers: int, heads: str, threads: int | None, max_error_rate: float | None,
          checkpoint_images: int, checkpoint_seconds: float) -> MiningSummary:
-    k, batch_size, total = config["top_k"], config["batch_size"], len(manifest)
+    k, batch_size = config["top_k"], config["batch_size"]
+    total = len(manifest) if sample is None else len(sample)
     state = MiningState(taps, k, dev)
     prog = db.progress()
     next_batch, done = int(prog["next_batch"]), int(prog["images_done"])
@@ -98,7 +113,7 @@ def _run(db: ResultsDB, resumed: bool, model, taps, pre: Preprocess, manifest: M
         _check_error_rate(summary, max_error_rate)
         return summary
     if resumed:
-        state.restore(db.load_state(taps, k))
+        state.restore(db.load_state(taps, k), next_batch)
         report.message(f"resuming {db.path}: {done:,} of {total:,} images done, {errors:,} errors")
     # Batches travel as uint8 crops and the graph normalises them (see _optimize.uint8_input_graph).
     session = ForwardSession(model, taps, dev, heads=heads, threads=threads, uint8_input=pre)
@@ -109,7 +124,7 @@ def _run(db: ResultsDB, resumed: bool, model, taps, pre: Preprocess, manifest: M
     # delays one part. Then each batch is decoded (by all workers) just before it is needed;
     # otherwise (a GPU, or spare cores) decoding runs ahead. See benchmarks/mining.py.
     depth = 1 if dev == "cpu" and ort_threads >= default_workers() else 3
-    report.total, report.done, report.errors = total, done, errors
+    report.reset(total, done, errors)
     report.update(done, errors, force=True)
     pending: list[tuple[int, str, str]] = []
     status, t0 = "running", time.monotonic()
@@ -119,28 +134,25 @@ def _run(db: ResultsDB, resumed: bool, model, taps, pre: Preprocess, manifest: M
         nonlocal checkpoints, last_ckpt, since_ckpt
         checkpoints += 1
         db.checkpoint(taps, state.snapshot(), pending, {
-            "status": status_now, "next_batch": next_batch, "images_done": done, "checkpoints": checkpoints,
-            "elapsed_s": elapsed0 + time.monotonic() - t0})
+            "status": status_now, "next_batch": state.next_batch, "images_done": done,
+            "checkpoints": checkpoints, "elapsed_s": elapsed0 + time.monotonic() - t0})
         pending.clear()
         last_ckpt, since_ckpt = time.monotonic(), 0
 
+    # A sample is mined as consecutive runs of batch_size of its ids (packed): its own batch grid,
+    # fixed by the sample, so resume and the exact sums work on it as on the whole manifest.
     loader = BatchLoader(manifest, pre, batch_size, workers, start_batch=next_batch, depth=depth, layout="uint8",
-                         allocate=session.allocate)
+                         allocate=session.allocate, ids=sample, packed=sample is not None)
     if session.pinned_note:
         summary.notes.append(session.pinned_note)
         report.message(f"note: {session.pinned_note}")
     try:
-        with loader, warnings.catch_warnings():
-            # Images over Pillow's bomb limit are refused with a recorded reason; its warning is noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            for batch in loader:
-                if len(batch.ids):
-                    state.update(session.run(batch.images), batch.ids, session.host)
+        with loader:
+            for batch in mine_batches(session, loader, state):
                 pending.extend(batch.errors)
                 errors += len(batch.errors)
                 done += batch.size
                 since_ckpt += batch.size
-                next_batch = batch.index + 1
                 report.update(done, errors)
                 if max_error_rate is not None and errors > max_error_rate * total:
                     status = "stopped"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .progress import format_duration
+from .._progress import format_duration
 
 
 @dataclass

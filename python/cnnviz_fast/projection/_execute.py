@@ -1,8 +1,10 @@
 """Running a compiled plan: one reverse pass of a batch of seeds, stage by stage.
 
-Per seed batch the host builds only small index arrays: each level's window rows into the
-channels-last forward tensors (`_window.window_index`), the off-map masks of windowed ConvT outputs,
-and the seed's channel / position one-hots. Signals stay OrtValues on the device throughout.
+Chain plans: per seed batch the host builds only small index arrays: each level's window rows into
+the channels-last forward tensors (`_window.window_index`), the off-map masks of windowed ConvT
+outputs, and the seed's channel / position one-hots. Graph plans (full frame): the partial signals
+of each part go to the next, the forward values are gathered by each seed's image inside the
+parts. Signals stay OrtValues on the device throughout.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from ._window import window_index
 def run_pass(dev: Device, fwd: Forward, plan: CompiledPlan, s: np.ndarray):
     """One reverse pass of seeds `s` (int64 [S, 4]) through the plan's stages -> the image-level
     OrtValue [S, C, h, w] (the whole image, or each seed's box when the plan is windowed)."""
+    if plan.graph:
+        return _run_graph(dev, fwd, plan, s)
     n = s[:, 0]
     cache: dict = {}
 
@@ -51,6 +55,26 @@ def run_pass(dev: Device, fwd: Forward, plan: CompiledPlan, s: np.ndarray):
         else:
             signal = dev.unpool(y, sw, u.kernel, u.strides, u.pads, u.dilations, u.out_shape[1:])
     return signal
+
+
+def _run_graph(dev: Device, fwd: Forward, plan: CompiledPlan, s: np.ndarray):
+    seed_n = np.ascontiguousarray(s[:, 0])
+    state: list = []
+    for k, (part, sess) in enumerate(zip(plan.stages, plan.sessions)):
+        feeds = _seed_feeds(plan, s, fwd) if k == 0 else {f"in{j}": v for j, v in enumerate(state)}
+        for j, tensor in enumerate(plan.stage_forward[k]):
+            feeds[f"f{j}"] = fwd.values[tensor]
+        u = part.unpool
+        if plan.stage_forward[k] or u is not None:
+            feeds["seed_n"] = seed_n
+        names = [f"out{j}" for j in range(len(part.outputs))]
+        if u is None:
+            state = dev.run(sess, feeds, names)
+            continue
+        feeds["sw_src"] = fwd.raw_switches(u)
+        *state, y, sw = dev.run(sess, feeds, names + ["sw"])
+        state.append(dev.unpool(y, sw, u.kernel, u.strides, u.pads, u.dilations, u.out_shape[1:]))
+    return state[0]
 
 
 def _seed_feeds(plan: CompiledPlan, s: np.ndarray, fwd: Forward) -> dict:

@@ -1,10 +1,12 @@
 """The forward half of a projection: one image batch through the projection graph, once.
 
-`Forward` keeps, on the device, what the reverse passes of that batch read: the tapped tensors
-(seed values), the switches of every MaxPool on the way (native `switch_pool`, uint8, recorded
-once per image however many seeds use them) and, in guided / gradient mode, the ReLU outputs.
-Switches and ReLU outputs are kept channels-last with one fill row (see `_graphs.prep_graph`),
-so any seed's window of them is one gather.
+`Forward` keeps, on the device, what the reverse passes of that batch read — and nothing else: the
+tapped tensors (seed values), the switches of every MaxPool on the way (native `switch_pool`,
+uint8, recorded once per image however many seeds use them), in guided / gradient mode the ReLU
+outputs, and the forward values the true local adjoints of a graph plan read (sigmoid gates, SiLU
+and LayerNorm inputs, ...). For chain plans, switches and ReLU outputs are kept channels-last with
+one fill row (see `_graphs.prep_graph`), so any seed's window of them is one gather; graph plans
+gather whole maps by image.
 """
 from __future__ import annotations
 
@@ -45,6 +47,20 @@ class Forward:
             self._switches[key] = self._prep(raw, TensorProto.UINT8, 255)
         return self._switches[key]
 
+    def raw_switches(self, step: Unpool):
+        """Switches of `step`'s MaxPool as [N, C, OH, OW] uint8, recorded on first use."""
+        key = ("raw", step.input_tensor, step.kernel, step.strides, step.pads, step.dilations, step.ceil_mode)
+        if key not in self._switches:
+            self._switches[key] = self._projector.device.switches(
+                self.values[step.input_tensor], step.kernel, step.strides, step.pads, step.dilations,
+                step.ceil_mode)
+        return self._switches[key]
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the forward tensors and switches this batch holds now."""
+        return sum(int(np.prod(v.shape())) * 4 for v in self.values.values()) + self.switch_bytes
+
     @property
     def switch_bytes(self) -> int:
         """Bytes of the switches held now (uint8; int64 indices would take 8x)."""
@@ -56,13 +72,15 @@ class Forward:
         return self._projector.device.run(sess, {"x": value}, ["y"])[0]
 
 
-def forward_graphs(model, layers: list) -> list[tuple[onnx.ModelProto, list[str]]]:
-    """Forward graphs (with their outputs) covering every tensor the plans of `layers` read.
+def forward_graphs(model, layers: list, mode: str) -> list[tuple[onnx.ModelProto, list[str]]]:
+    """Forward graphs (with their outputs) covering every tensor the plans of `layers` read in
+    `mode` (`ReversePlan.forward_tensors`).
 
     For a chain CNN one graph does: the deepest layer's projection graph computes every earlier
-    layer's tensors too, which are added as outputs. Layers it does not cover get their own.
+    layer's tensors too, which are added as outputs. Layers it does not cover get their own. Each
+    graph's outputs are exactly the tensors asked for.
     """
-    needs = {layer.name: model.reverse_plan(layer).forward_outputs for layer in layers}
+    needs = {layer.name: model.reverse_plan(layer).forward_tensors(mode) for layer in layers}
     protos = {layer.name: model.projection_graph(layer) for layer in layers}
     pending = sorted(layers, key=lambda layer: -len(protos[layer.name].graph.node))
     graphs = []
@@ -76,9 +94,29 @@ def forward_graphs(model, layers: list) -> list[tuple[onnx.ModelProto, list[str]
                 outputs += [t for t in needs[layer.name] if t not in outputs]
             else:
                 rest.append(layer)
-        have = {o.name for o in proto.graph.output}
-        proto.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
-                                  for t in outputs if t not in have)
-        graphs.append((proto, outputs))
+        graphs.append((_only_outputs(proto, outputs), outputs))
         pending = rest
     return graphs
+
+
+def _only_outputs(proto: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """`proto` with exactly `outputs` as graph outputs and only the nodes they need."""
+    g = proto.graph
+    needed = set(outputs)
+    keep = []
+    for node in reversed(g.node):
+        if any(t in needed for t in node.output):
+            keep.append(node)
+            needed.update(t for t in node.input if t)
+    keep.reverse()
+    typed = {o.name: o for o in g.output}
+    del g.node[:]
+    g.node.extend(keep)
+    del g.output[:]
+    g.output.extend(typed[t] if t in typed else helper.make_tensor_value_info(t, TensorProto.FLOAT, None)
+                    for t in outputs)
+    used = needed | set(outputs)
+    inits = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    return proto

@@ -7,7 +7,11 @@
   per-seed gathers of ReLU masks, the steps, and the gathered switches of the Unpool that follows.
   Full-frame stages inline the graph compiler's segment (`build_segment`); windowed stages emit the
   same ops on windows: ConvTranspose without pads, then zero what lies off the map.
+- `graph_stage_graph`: one part of a graph plan, full frame: the seed (first part) or the incoming
+  partial signals, the forward values gathered per seed image, the adjoints, and the outgoing partial
+  signals (and the gathered switches of the unpool that follows).
 - `regrid_graph`: per-seed windows of a result (crop to the box, or paste the box into the frame).
+All are built with the graph compiler's one ONNX builder (`cnnviz_fast.graph.Builder`).
 """
 from __future__ import annotations
 
@@ -17,11 +21,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..graph import AvgPoolT, ConvT, Identity, Relu, Scale, Step, Unpool, build_segment
+from ..graph import (AvgPoolT, Builder as _Builder, ConvT, Identity, Part, Relu, Scale, Step, Unpool,
+                     build_segment, emit_adjoints)
 from ._window import Level
 
-OPSET = 17
-IR_VERSION = 8
 _NHWC_TO_NCHW = [0, 3, 1, 2]
 
 
@@ -60,40 +63,6 @@ class Stage:
         return [j + 1 for j, s in enumerate(self.steps) if isinstance(s, ConvT)]
 
 
-class _Builder:
-    def __init__(self):
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.inputs: list[onnx.ValueInfoProto] = []
-        self._n = 0
-
-    def fresh(self, prefix: str = "t") -> str:
-        self._n += 1
-        return f"{prefix}{self._n}"
-
-    def input(self, name: str, dtype: int, shape: list) -> str:
-        self.inputs.append(helper.make_tensor_value_info(name, dtype, shape))
-        return name
-
-    def const(self, value: np.ndarray) -> str:
-        name = self.fresh("c")
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], out: str | None = None, **attrs) -> str:
-        out = out or self.fresh()
-        self.nodes.append(helper.make_node(op, inputs, [out], self.fresh(op + "_"), **attrs))
-        return out
-
-    def model(self, outputs: list[tuple[str, int]]) -> onnx.ModelProto:
-        outs = [helper.make_tensor_value_info(name, dtype, None) for name, dtype in outputs]
-        graph = helper.make_graph(self.nodes, "cnnviz_projection", self.inputs, outs, self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                                  producer_name="cnnviz_fast")
-        model.ir_version = IR_VERSION
-        return model
-
-
 def prep_graph(channels: int, spatial: bool, dtype: int, fill) -> onnx.ModelProto:
     """x [N, C, H, W] (or [N, C]) -> y [N*H*W + 1, C], channels last, last row = `fill`."""
     b = _Builder()
@@ -103,7 +72,7 @@ def prep_graph(channels: int, spatial: bool, dtype: int, fill) -> onnx.ModelProt
     rows = b.node("Reshape", [x, b.const(np.array([-1, channels], np.int64))])
     np_type = helper.tensor_dtype_to_np_dtype(dtype)
     b.node("Concat", [rows, b.const(np.full((1, channels), fill, np_type))], "y", axis=0)
-    return b.model([("y", dtype)])
+    return b.model([("y", dtype)], "cnnviz_projection")
 
 
 def regrid_graph(channels: int) -> onnx.ModelProto:
@@ -115,7 +84,7 @@ def regrid_graph(channels: int) -> onnx.ModelProto:
                               b.const(np.array([-1, channels], np.int64))])
     rows = b.node("Concat", [rows, b.const(np.zeros((1, channels), np.float32))], axis=0)
     b.node("Transpose", [b.node("Gather", [rows, idx], axis=0)], "y", perm=_NHWC_TO_NCHW)
-    return b.model([("y", TensorProto.FLOAT)])
+    return b.model([("y", TensorProto.FLOAT)], "cnnviz_projection")
 
 
 def stage_graph(stage: Stage, mode: str) -> onnx.ModelProto:
@@ -139,7 +108,7 @@ def stage_graph(stage: Stage, mode: str) -> onnx.ModelProto:
         src = b.input("sw_src", TensorProto.UINT8, ["M", lv[last].channels])
         b.node("Identity", [_gather(b, src, index[last], lv[last])], "sw")
         outputs.append(("sw", TensorProto.UINT8))
-    return b.model(outputs)
+    return b.model(outputs, "cnnviz_projection")
 
 
 def _dims(level: Level) -> list:
@@ -226,3 +195,48 @@ def _inline_segment(b: _Builder, steps: list[Step], x: str, masks: list[str], mo
         copy.output[:] = [rename(t) for t in node.output]
         b.nodes.append(copy)
     return rename(seg.output)
+
+
+def graph_stage_graph(part: Part, tap: Level, first: bool, mode: str) -> tuple[onnx.ModelProto, list[str]]:
+    """The ONNX model of one `part` of a graph plan, and the forward tensors it reads (inputs
+    "f0", "f1", ... [N, ...], gathered with "seed_n" [S], each seed's image).
+
+    Inputs: the seed's ("tap", "seed_at", "onehot", "where" as in `_seed`) when `first`, else
+    "in0", "in1", ... the partial signals of `part.inputs`; with an unpool, "sw_src" [N, C, OH, OW]
+    uint8 (the MaxPool's switches). Outputs: "out0", ... the partial signals of `part.outputs`
+    (with an unpool the last is the MaxPool output's signal), then "sw" (that seed's switches).
+    """
+    b = _Builder()
+    signals: dict[str, list[str]] = {}
+    if first:
+        signals[part.inputs[0]] = [_seed(b, tap)]
+    else:
+        for j, t in enumerate(part.inputs):
+            signals.setdefault(t, []).append(b.input(f"in{j}", TensorProto.FLOAT, None))
+    forward: list[str] = []
+    gathered: dict[str, str] = {}
+    seed_n: list[str] = []
+
+    def fwd(t: str) -> str:
+        if t not in gathered:
+            if not seed_n:
+                seed_n.append(b.input("seed_n", TensorProto.INT64, ["S"]))
+            src = b.input(f"f{len(forward)}", TensorProto.FLOAT, None)
+            forward.append(t)
+            gathered[t] = b.node("Gather", [src, seed_n[0]], axis=0)
+        return gathered[t]
+
+    emit_adjoints(b, part.adjoints, signals, mode, fwd)
+    outputs = []
+    for j, t in enumerate(part.outputs):
+        parts = signals.pop(t, None)
+        if not parts:
+            raise AssertionError(f"no signal reaches tensor {t!r}")
+        total = parts[0] if len(parts) == 1 else b.node("Sum", parts)
+        outputs.append((b.node("Identity", [total], f"out{j}"), TensorProto.FLOAT))
+    if part.unpool is not None:
+        if not seed_n:
+            seed_n.append(b.input("seed_n", TensorProto.INT64, ["S"]))
+        src = b.input("sw_src", TensorProto.UINT8, None)
+        outputs.append((b.node("Gather", [src, seed_n[0]], "sw", axis=0), TensorProto.UINT8))
+    return b.model(outputs, "cnnviz_projection"), forward

@@ -1,5 +1,6 @@
 """The images a projection needs, each decoded once with the miner's own preprocessing.
 
+The miner's batch loader decodes them (its thread pool, packed batches of the requested ids).
 Crops (uint8 RGB, resized and centre-cropped exactly as `cnnviz_fast.data` does for mining) go to
 a memory-mapped scratch file, so that every layer reads them without decoding again and memory
 stays flat however many images made some top-k. Normalisation uses the same per-channel tables
@@ -9,17 +10,16 @@ a small JPEG thumbnail of the whole preprocessed crop for the report.
 from __future__ import annotations
 
 import os
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..data import DecodeError, Manifest, Preprocess, load_crop
+from ..data import BatchLoader, Manifest, Preprocess
 from ..render import save_jpeg
 
 THUMB_SIDE = 192
+BATCH = 64  # images per loader batch: enough to keep every decode thread busy
 
 
 class ImageCache:
@@ -44,12 +44,17 @@ class ImageCache:
         self._src = (2, 1, 0) if pre.channel_order == "BGR" else (0, 1, 2)
         if thumbs is not None:
             thumbs.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings(), ThreadPoolExecutor(max(1, workers)) as pool:
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            for image_id, reason in zip(self.ids.tolist(), pool.map(
-                    lambda i: self._decode(manifest, i, thumbs), self.ids.tolist())):
-                if reason is not None:
-                    self.failed[image_id] = reason
+        # uint8 batches come in the model's channel order; the cache keeps RGB (the report's and
+        # render's order), so a BGR model's crops are flipped back (exact: a permutation).
+        flip = pre.channel_order == "BGR"
+        with BatchLoader(manifest, pre, BATCH, max(1, workers), layout="uint8", ids=self.ids, packed=True) as loader:
+            for batch in loader:
+                for image_id, crop in zip(batch.ids.tolist(), batch.images):
+                    crop = crop[:, :, ::-1] if flip else crop
+                    self.crops[self._row[image_id]] = crop
+                    if thumbs is not None:
+                        save_jpeg(thumbs / f"{image_id}.jpg", _thumbnail(np.ascontiguousarray(crop)))
+                self.failed.update((image_id, reason) for image_id, _, reason in batch.errors)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -72,18 +77,6 @@ class ImageCache:
         """Drop the scratch file."""
         del self.crops
         self._scratch.unlink(missing_ok=True)
-
-    def _decode(self, manifest: Manifest, image_id: int, thumbs: Path | None) -> str | None:
-        try:
-            crop = load_crop(manifest.read(image_id), self.pre)
-        except DecodeError as exc:
-            return str(exc)
-        except Exception as exc:  # one bad image must cost its entries, not the pass
-            return f"unexpected {type(exc).__name__} while decoding: {exc}"
-        self.crops[self._row[image_id]] = crop
-        if thumbs is not None:
-            save_jpeg(thumbs / f"{image_id}.jpg", _thumbnail(crop))
-        return None
 
 
 def _thumbnail(crop: np.ndarray) -> np.ndarray:

@@ -11,12 +11,12 @@ from typing import Sequence, TextIO
 import numpy as np
 
 from .._dirlock import FolderBusy, lock_folder, unlock_folder
+from .._progress import Progress
 from ..data import Preprocess, default_workers, open_manifest
 from ._images import ImageCache, scratch_path
 from ._layer import MARKER, LayerJob, project_layer
-from ._progress import Progress
 from ..errors import CnnvizError, ProjectionError, ResultsError
-from ..results import Results
+from ..results import Results, load_mined_model
 
 PROJECTIONS = "projections"
 
@@ -131,7 +131,8 @@ def _run(jobs, ids, paths, model, manifest, pre, projector, summary: ProjectionS
          stream) -> ProjectionSummary:
     for leftover in list(root.glob(".images.*.npy")) + list(root.glob("*/.*.npy")):
         leftover.unlink(missing_ok=True)  # scratch files of a run that was killed (we hold the lock)
-    bar = Progress(sum(int((t.image_ids >= 0).sum()) for _, t, _, _ in jobs), mode=progress, stream=stream)
+    bar = Progress(sum(int((t.image_ids >= 0).sum()) for _, t, _, _ in jobs), mode=progress, stream=stream,
+                   label="projecting", unit="projections")
     bar.message(f"projecting {len(jobs)} layer(s) of {model.name} ({summary.mode}, {summary.device}): decoding "
                 f"{len(ids):,} images")
     cache = ImageCache(manifest, pre, ids.tolist(), scratch_path(root), workers or default_workers(),
@@ -139,7 +140,7 @@ def _run(jobs, ids, paths, model, manifest, pre, projector, summary: ProjectionS
     summary.images = len(ids) - len(cache.failed)
     try:
         for layer, topk, folder, config in jobs:
-            bar.layer = layer.name
+            bar.set_label(f"projecting {layer.name}")
             marker = project_layer(
                 LayerJob(layer, topk, folder, paths, config), cache, _forward(projector, layer),
                 lambda fwd, seeds, name=layer.name: np.asarray(projector.project_boxes(fwd, layer=name, seeds=seeds),
@@ -175,27 +176,10 @@ def _done(folder: Path, config: dict, save_arrays: bool) -> bool:
 
 
 def _model(res: Results, model):
-    from ..graph import Model
-
-    if model is None:
-        path = res.run.get("model_path")
-        if not path:
-            raise ProjectionError("results.db does not record the model's file (it was mined from a model in "
-                                  "memory): pass the model (--model FILE)")
-        if not Path(path).is_file():
-            raise ProjectionError(f"the mined model {path} is gone: pass its file with --model")
-        model = path
-    if not isinstance(model, Model):
-        try:
-            model = Model.load(model)
-        except Exception as exc:  # InvalidModel, onnx errors: the message is what the user needs
-            raise ProjectionError(f"cannot load model {os.fspath(model)!r}: {exc}") from None
-    want = res.run.get("model_sha256")
-    if want and model.sha256 != want:
-        raise ProjectionError(f"the model changed since mining: {model.path or model.name} has sha256 "
-                              f"{model.sha256[:12]}…, results.db was mined with {str(want)[:12]}…; mine again "
-                              "or pass the original model with --model")
-    return model
+    try:
+        return load_mined_model(res, model)
+    except ResultsError as exc:
+        raise ProjectionError(str(exc)) from None
 
 
 def _manifest(res: Results):

@@ -1,24 +1,34 @@
-"""A layer's reverse plan cut into stages (ORT sessions between native unpools), full-frame or windowed."""
+"""A layer's reverse plan compiled for the projector: the graph compiler's partition (ORT segments
+between native unpools) as ONNX Runtime sessions, full-frame or (chain plans) windowed."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from math import prod
 
-from ..graph import Layer, Relu, ReversePlan, Unpool
-from ._graphs import Stage, stage_graph
+from ..graph import Layer, Relu, ReversePlan
+from ._graphs import Stage, graph_stage_graph, stage_graph
 from ._window import Level, full_levels, window_cost, window_levels
+
+# A graph part keeps several per-seed tensors alive at once (branches, gathered forward values).
+_GRAPH_LIVE_TENSORS = 6
 
 
 @dataclass(eq=False)
 class CompiledPlan:
-    """`stages` in order, each with its ORT session in `sessions`; `levels` all tensors of the pass
-    (the first at the tap, the last at the image); `windowed` whether they are per-seed windows."""
+    """`stages` in order, each with its ORT session in `sessions`; `levels` the tensors of the
+    pass (the first at the tap, the last at the image; for a graph plan just those two);
+    `windowed` whether they are per-seed windows. A graph plan (`graph` True) has one stage per
+    part of the plan's partition, with `stage_forward[k]` the forward tensors stage k reads."""
 
     layer: Layer
     mode: str
     windowed: bool
     levels: list[Level]
-    stages: list[Stage]
+    stages: list
     sessions: list
+    graph: bool = False
+    stage_forward: list = field(default_factory=list)
+    largest: int = 0
 
     @property
     def image_level(self) -> Level:
@@ -26,7 +36,9 @@ class CompiledPlan:
 
     @property
     def seed_bytes(self) -> int:
-        """Bytes of the largest float32 tensor of one seed (sizes the seed batches)."""
+        """Bytes of the float32 tensors of one seed held at once (sizes the seed batches)."""
+        if self.graph:
+            return 4 * self.largest * _GRAPH_LIVE_TENSORS
         return max(4 * lv.channels * (lv.size[0] * lv.size[1] if lv.spatial else 1) for lv in self.levels)
 
 
@@ -44,19 +56,50 @@ def choose_levels(plan: ReversePlan, windowed: bool) -> tuple[list[Level], bool]
 
 def compile_plan(plan: ReversePlan, mode: str, windowed: bool, session_factory) -> CompiledPlan:
     """Stages of `plan` in `mode`; `session_factory(proto)` opens an ORT session on the device."""
+    if not plan.is_chain:
+        return _compile_graph(plan, mode, session_factory)
     levels, windowed = choose_levels(plan, windowed)
     stages, start = [], 0
-    for i, step in enumerate(plan.steps + [None]):
-        if step is not None and not isinstance(step, Unpool):
-            continue
-        steps = plan.steps[start:i]
+    for part in plan.partition():
+        steps, i = part.steps, start + len(part.adjoints)
         masks = [] if mode == "deconvnet" else [(j, s.tensor) for j, s in enumerate(steps) if isinstance(s, Relu)]
-        stage = Stage(steps, levels[start:i + 1], first=start == 0, windowed=windowed, unpool=step,
-                      unpool_size=levels[i + 1].size if step is not None else None, masks=masks)
+        stage = Stage(steps, levels[start:i + 1], first=start == 0, windowed=windowed, unpool=part.unpool,
+                      unpool_size=levels[i + 1].size if part.unpool is not None else None, masks=masks)
         stage.proto = stage_graph(stage, mode)
         stages.append(stage)
         start = i + 1
     return CompiledPlan(plan.layer, mode, windowed, levels, stages, [session_factory(s.proto) for s in stages])
+
+
+def _compile_graph(plan: ReversePlan, mode: str, session_factory) -> CompiledPlan:
+    layer = plan.layer
+    spatial = layer.kind != "fc"
+    tap = Level(layer.units, layer.map_shape if spatial else None, layer.map_shape if spatial else None)
+    h, w = layer.input_hw
+    image = Level(_image_channels(plan), (h, w), (h, w))
+    parts = plan.partition()
+    built = [graph_stage_graph(part, tap, k == 0, mode) for k, part in enumerate(parts)]
+    shapes = [s for step in plan.steps for s in _step_shapes(step)]
+    largest = max(prod(s) for s in shapes) if shapes else 1
+    return CompiledPlan(layer, mode, False, [tap, image], parts, [session_factory(p) for p, _ in built],
+                        graph=True, stage_forward=[f for _, f in built], largest=largest)
+
+
+def _image_channels(plan: ReversePlan) -> int:
+    for a in plan.adjoints:
+        if plan.image in a.inputs:
+            step = a.step
+            if hasattr(step, "shapes"):
+                return step.shapes[step.inputs.index(plan.image)][0]
+            return step.out_shape[0]
+    raise AssertionError("the plan never reaches the image")
+
+
+def _step_shapes(step) -> list[tuple]:
+    out = [step.in_shape, step.out_shape]
+    out += [s for s in getattr(step, "shapes", ()) if s is not None]
+    out += [s for s in getattr(step, "out_shapes", ()) if s is not None]
+    return out
 
 
 def _check_box(layer: Layer, image: Level) -> None:

@@ -68,7 +68,7 @@ class Projector:
         key = tuple(layer.name for layer in layers)
         if key not in self._forwards:
             self._forwards[key] = [(self.device.session(proto, once_per_batch=True), outs)
-                                   for proto, outs in forward_graphs(self.model, layers)]
+                                   for proto, outs in forward_graphs(self.model, layers, self.mode)]
         values = {}
         for sess, outs in self._forwards[key]:
             got = self.device.run(sess, {self.model.input_name: x}, outs)

@@ -5,14 +5,16 @@
 
 Layout of `out/report/`:
   index.html                    model summary, run provenance, one section per layer (its stats,
-                                a montage of a random sample of units, the first layer's filters)
+                                a montage of a random sample of units, each tile a link to its
+                                unit page; the first layer's filters)
   layers/<layer>.html           every unit of the layer as a Fig. 2 pair: reconstructions | patches
   units/<layer>/unit_NNNN.html  one unit: its grids, statistics, and per rank the activation, the
                                 source path and the whole preprocessed image with the receptive
-                                field boxed
+                                field boxed, and the histogram of its per-image maxima
   img/                          the pictures (hard links to projections/ where the file system
-                                allows, copies elsewhere), filters.png, <layer>/montage.png
-  style.css
+                                allows, copies elsewhere), filters.png
+  style.css, report.js          the stylesheet; the layer pages' sorting and filtering (plain
+                                JavaScript, no network, works from file://)
 The report is self-contained: report/ alone can be zipped and opened elsewhere.
 """
 from __future__ import annotations
@@ -22,18 +24,17 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from .. import render
 from ..projection import PROJECTIONS
+from ..results import Results
 from ._data import RunView, first_conv_weights, gather
-from ._html import CSS
+from ._html import CSS, SCRIPT
 from ._pages import index_page, layer_page, unit_page
 
 __all__ = ["report", "write_report"]
 
 MONTAGE_UNITS = 16
-_MONTAGE_GRID_SIDE = 168  # pixels per unit grid in a montage: small maps enlarged, large ones reduced
 
 
 def report(out_dir: str | os.PathLike, *, montage_units: int = MONTAGE_UNITS, seed: int = 0) -> Path:
@@ -44,19 +45,23 @@ def report(out_dir: str | os.PathLike, *, montage_units: int = MONTAGE_UNITS, se
     """
     out = Path(out_dir)
     run = gather(out)
+    hists = _histograms(out, run)
     final = out / "report"
     tmp = out / f".report.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "img").mkdir(parents=True)
     (tmp / "style.css").write_text(render_css(), encoding="utf-8")
+    (tmp / "report.js").write_text(SCRIPT.lstrip(), encoding="utf-8")
     _publish_images(run, tmp)
     filters = _filters(run, tmp)
-    montages = {v.name: m for v in run.layers if (m := _montage(run, v, tmp, montage_units, seed))}
+    montages = {v.name: m for v in run.layers if (m := montage_units_of(v, montage_units, seed))}
     _write(tmp / "index.html", index_page(run, filters, montages))
-    for view in run.layers:
-        _write(tmp / "layers" / f"{view.slug}.html", layer_page(run, view))
+    for i, view in enumerate(run.layers):
+        _write(tmp / "layers" / f"{view.slug}.html", layer_page(run, i))
+        hist = hists.get(view.name)
         for unit in range(view.info.units):
-            _write(tmp / "units" / view.slug / f"unit_{unit:04d}.html", unit_page(run, view, unit))
+            _write(tmp / "units" / view.slug / f"unit_{unit:04d}.html",
+                   unit_page(run, view, unit, None if hist is None else hist[unit]))
     # Swap the finished report in, so a reader never sees half of one.
     old = out / f".report.{os.getpid()}.old"
     if final.exists():
@@ -67,9 +72,6 @@ def report(out_dir: str | os.PathLike, *, montage_units: int = MONTAGE_UNITS, se
 
 
 write_report = report
-
-
-
 
 
 def render_css() -> str:
@@ -115,32 +117,19 @@ def _filters(run: RunView, root: Path) -> str | None:
     return "img/filters.png"
 
 
-def _montage(run: RunView, view, root: Path, count: int, seed: int) -> str | None:
-    """A paper-style figure: `count` random units (fixed seed) of the layer, each as its pair."""
+def montage_units_of(view, count: int, seed: int) -> list[int]:
+    """The units of a layer's montage: `count` drawn at random with `seed` (the same every time)
+    among those with pictures, ascending; [] when the layer has none."""
     if not view.marker:
-        return None
+        return []
     drawn = [u for u, f in enumerate(view.marker["files"]) if f]
     if not drawn:
-        return None
+        return []
     rng = np.random.default_rng(seed)
-    chosen = sorted(rng.choice(drawn, size=min(count, len(drawn)), replace=False).tolist())
-    folder = run.out / PROJECTIONS / view.slug
-    pairs = []
-    for unit in chosen:
-        recon, patch = (_scaled(np.asarray(Image.open(folder / f).convert("RGB"))) for f in view.marker["files"][unit])
-        pairs.append(render.pair(recon, patch, gap=4, background=(255, 255, 255)))
-    render.save_png(root / "img" / view.slug / "montage.png", render.montage(pairs, cols=4, gap=10))
-    return f"img/{view.slug}/montage.png"
+    return sorted(rng.choice(drawn, size=min(count, len(drawn)), replace=False).tolist())
 
 
-def _scaled(grid: np.ndarray) -> np.ndarray:
-    """A unit grid at about _MONTAGE_GRID_SIDE pixels: whole-number enlargement (sharp pixels) for
-    small receptive fields, a smooth reduction for large ones."""
-    side = max(grid.shape[:2])
-    if side * 2 <= _MONTAGE_GRID_SIDE:
-        return render.enlarge(grid, _MONTAGE_GRID_SIDE // side)
-    if side > _MONTAGE_GRID_SIDE * 1.25:
-        scale = _MONTAGE_GRID_SIDE / side
-        size = (max(1, round(grid.shape[1] * scale)), max(1, round(grid.shape[0] * scale)))
-        return np.asarray(Image.fromarray(grid).resize(size, Image.Resampling.LANCZOS))
-    return grid
+def _histograms(out: Path, run: RunView) -> dict[str, np.ndarray]:
+    """Each mined layer's unit_hist [units, N_BINS] (none for a results.db written without it)."""
+    with Results(out) as res:
+        return {v.name: h for v in run.layers if (h := res.unit_hist(v.info)) is not None}

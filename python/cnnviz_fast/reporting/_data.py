@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..projection import MARKER, PROJECTIONS
-from ..results import LayerInfo, Results, TopK
+from ..results import LayerInfo, MinedModelError, Results, TopK, load_mined_model
 
 
 @dataclass
@@ -86,7 +86,7 @@ def slug(name: str) -> str:
 def gather(out: Path) -> RunView:
     with Results(out) as res:
         run, counts, errors = res.run, res.counts(), res.errors()
-        model, note = _model(run)
+        model, note = _model(res)
         views = []
         for info in res.layers():
             s = slug(info.name)
@@ -114,19 +114,13 @@ def first_conv_weights(model) -> np.ndarray | None:
     return None
 
 
-def _model(run: dict):
-    from ..graph import Model
-
-    path = run.get("model_path")
-    if not path or not Path(path).is_file():
-        return None, f"model file {path or '(not recorded)'} not found: filters and layer geometry left out"
+def _model(res: Results):
+    """The mined model, or None and what the pages leave out without it (a report must still come
+    out when the model file is gone or changed)."""
     try:
-        model = Model.load(path)
-    except Exception as exc:  # a report must still come out; say what was left out
-        return None, f"model {path} could not be loaded ({exc}): filters left out"
-    if run.get("model_sha256") and model.sha256 != run["model_sha256"]:
-        return None, f"model {path} changed since mining (sha256 differs): filters left out"
-    return model, ""
+        return load_mined_model(res), ""
+    except MinedModelError as exc:
+        return None, f"{exc.reason}: filters left out, and receptive fields of layers not projected"
 
 
 def _marker(folder: Path) -> dict | None:

@@ -1,6 +1,17 @@
-"""A read-only view of an output folder's results.db (DESIGN.md, "Results on disk"), for the
-passes after mining: the run's configuration and provenance, the image paths, the top-k rows and
-the per-unit statistics. It never writes, so it can be open while nothing else is.
+"""The read-only view of an output folder's results.db (DESIGN.md, "Results on disk"): the one way
+the projection pass, the report and user programs read it. It never writes and takes no lock, so
+it can be opened while the folder is idle or finished (a miner still running shows its last
+checkpoint).
+
+    from cnnviz_fast.results import Results
+    with Results("out/") as res:
+        print(res.status, res.k, [layer.name for layer in res.layers()])
+        top = res.topk("conv3")                    # arrays [units, k], rank 0 strongest
+        paths = res.paths(top.image_ids[7])        # image_id -> path, unit 7's images
+        stats = res.unit_stats("conv3")[7]         # images, mean_max, firing_rate, max, dead
+
+The tables stay plain SQLite for ad-hoc queries too (`sqlite3 out/results.db`); `_schema.py`
+lists them.
 """
 from __future__ import annotations
 
@@ -14,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ResultsError
-from ._schema import DB_NAME
+from . import _hist
+from ._schema import DB_NAME, REQUIRED_TABLES, decode_value
 
 
 @dataclass(frozen=True)
@@ -55,7 +67,12 @@ class TopK:
 
 
 class Results:
-    """results.db of `out_dir`, opened read-only. Use as a context manager or call `close()`."""
+    """results.db of `out_dir`, opened read-only. Use as a context manager or call `close()`.
+
+    `run` is the run table as a dict (values decoded from JSON): model_sha256, model_path, layers,
+    top_k, preprocess, dataset, versions, ... Raises ResultsError when the file is missing, is not
+    SQLite, or lacks the tables every results.db has (run, images, topk, unit_stats).
+    """
 
     def __init__(self, out_dir: str | os.PathLike):
         self.out = Path(out_dir)
@@ -64,15 +81,21 @@ class Results:
             raise ResultsError(f"{self.path} does not exist: run `cnnviz-fast mine MODEL DATA --out {self.out}` first")
         try:
             self._con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
-            tables = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:  # e.g. a folder we may not read
+            raise ResultsError(f"cannot open {self.path} ({exc})") from None
+        try:
+            self._tables = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = set(REQUIRED_TABLES) - self._tables
+            if missing:
+                raise ResultsError(f"{self.path} is not a cnnviz_fast results database (no table "
+                                   f"{', '.join(sorted(missing))})")
+            self.run = {k: decode_value(v) for k, v in self._con.execute("SELECT key, value FROM run")}
         except sqlite3.DatabaseError as exc:
+            self._con.close()
             raise ResultsError(f"{self.path} is not a readable SQLite database ({exc})") from None
-        missing = {"run", "images", "topk", "unit_stats"} - tables
-        if missing:
-            raise ResultsError(f"{self.path} is not a cnnviz_fast results database (no table "
-                               f"{', '.join(sorted(missing))})")
-        self._tables = tables
-        self.run = {k: _json(v) for k, v in self._con.execute("SELECT key, value FROM run")}
+        except BaseException:
+            self._con.close()
+            raise
 
     def __enter__(self) -> "Results":
         return self
@@ -94,6 +117,7 @@ class Results:
 
     @property
     def k(self) -> int:
+        """Images kept per unit (the run's top_k; else the deepest rank stored)."""
         k = self.run.get("top_k")
         if k is None:
             k = self._con.execute("SELECT COALESCE(MAX(rank) + 1, 0) FROM topk").fetchone()[0]
@@ -108,7 +132,22 @@ class Results:
         rows = self._con.execute("SELECT layer, MAX(unit) + 1 FROM unit_stats GROUP BY layer ORDER BY layer")
         return [LayerInfo(name, name, "conv", int(units), (0, 0)) for name, units in rows]
 
-    def topk(self, layer: LayerInfo) -> TopK:
+    def layer(self, name: str) -> LayerInfo:
+        """The mined layer called `name` (or tapping tensor `name`); ResultsError listing the mined
+        layers when there is none."""
+        layers = self.layers()
+        for info in layers:
+            if name in (info.name, info.tensor):
+                return info
+        raise ResultsError(f"layer {name!r} was not mined in {self.path}; mined: "
+                           f"{', '.join(info.name for info in layers) or '(none)'}")
+
+    def _info(self, layer: LayerInfo | str) -> LayerInfo:
+        return self.layer(layer) if isinstance(layer, str) else layer
+
+    def topk(self, layer: LayerInfo | str) -> TopK:
+        """The layer's top-k rows as arrays [units, k] (a LayerInfo or a layer name)."""
+        layer = self._info(layer)
         k = self.k
         shape = (layer.units, k)
         t = TopK(np.full(shape, np.nan), np.full(shape, -1, np.int64), np.zeros(shape, np.int64),
@@ -120,9 +159,10 @@ class Results:
                 t.ys[unit, rank], t.xs[unit, rank] = y, x
         return t
 
-    def unit_stats(self, layer: LayerInfo) -> list[dict]:
+    def unit_stats(self, layer: LayerInfo | str) -> list[dict]:
         """Per unit: images, mean_max, firing_rate, max (None before any image) and `dead` (saw
         images, never fired)."""
+        layer = self._info(layer)
         stats = [{"images": 0, "mean_max": None, "firing_rate": None, "max": None, "dead": False}
                  for _ in range(layer.units)]
         for unit, images, mean_max, rate, mx in self._con.execute(
@@ -133,9 +173,15 @@ class Results:
                                "dead": bool(dead)}
         return stats
 
+    def unit_hist(self, layer: LayerInfo | str) -> np.ndarray | None:
+        """int64 [units, N_BINS]: each unit's per-image maxima counted over the fixed bins of
+        `cnnviz_fast.results._hist` (`bin_bounds()`), or None when results.db has no unit_hist."""
+        layer = self._info(layer)
+        return _hist.read(self._con, layer.name, layer.units)
+
     def paths(self, image_ids) -> dict[int, str]:
-        """image_id -> path for the given ids (unknown ids are left out)."""
-        ids = sorted({int(i) for i in image_ids if int(i) >= 0})
+        """image_id -> path for the given ids, any array shape (-1 and unknown ids are left out)."""
+        ids = sorted({int(i) for i in np.asarray(image_ids, np.int64).ravel() if i >= 0})
         out: dict[int, str] = {}
         for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
             chunk = ids[start:start + 900]
@@ -144,19 +190,16 @@ class Results:
         return out
 
     def counts(self) -> dict[str, int]:
-        """Numbers for the report: images in the manifest, errors recorded."""
+        """{"images": images in the manifest, "errors": images that could not be used}."""
         images = self._con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
         errors = self._con.execute("SELECT COUNT(*) FROM errors").fetchone()[0] if "errors" in self._tables else 0
         return {"images": int(images), "errors": int(errors)}
 
-    def errors(self, limit: int = 50) -> list[tuple[int, str, str]]:
+    def errors(self, limit: int | None = 50) -> list[tuple[int, str, str]]:
+        """(image_id, path, reason) of images that could not be used, by image id; `limit` rows
+        (None: all)."""
         if "errors" not in self._tables:
             return []
-        return list(self._con.execute("SELECT image_id, path, error FROM errors ORDER BY image_id LIMIT ?", (limit,)))
+        return list(self._con.execute("SELECT image_id, path, error FROM errors ORDER BY image_id LIMIT ?",
+                                   (-1 if limit is None else limit,)))
 
-
-def _json(text):
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return text

@@ -1,4 +1,5 @@
-"""results.db's name and schema, defined once (the writer creates it, the reader checks it).
+"""results.db's name, schema and value encoding, defined once (the writer creates it, the reader
+checks it). Users query these tables directly; keep them as they are.
 
 Tables (SQLite, WAL), as DESIGN.md and README document them:
   run(key, value)                    configuration and provenance, values JSON
@@ -10,8 +11,16 @@ Bookkeeping for resume:
   progress(key, value)               status (running | stopped | finished), next_batch,
                                      images_done, checkpoints, elapsed_s, updated
   unit_sums(layer, unit, sum_max, fired)   the exact accumulators behind mean_max and firing_rate
+Each unit's distribution of per-image maxima (created by `_hist.py`, which documents the bins):
+  unit_hist(layer, unit, bin, count) images whose maximum fell in fixed bin `bin`; nonzero counts only
 """
+from __future__ import annotations
+
+import json
+
 DB_NAME = "results.db"
+# Tables every results.db has, whoever wrote it; progress and unit_sums are the miner's own.
+REQUIRED_TABLES = ("run", "images", "topk", "unit_stats")
 SCHEMA = """
 CREATE TABLE run(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE images(image_id INTEGER PRIMARY KEY, path TEXT NOT NULL);
@@ -25,3 +34,16 @@ CREATE TABLE progress(key TEXT PRIMARY KEY, value);
 CREATE TABLE unit_sums(layer TEXT NOT NULL, unit INTEGER NOT NULL, sum_max REAL NOT NULL, fired INTEGER NOT NULL,
                        PRIMARY KEY (layer, unit)) WITHOUT ROWID;
 """
+
+
+def encode_value(value) -> str:
+    """A run/progress value as stored: JSON with sorted keys, so equal configurations compare equal."""
+    return json.dumps(value, sort_keys=True)
+
+
+def decode_value(text):
+    """The inverse of `encode_value`; text that is not JSON (a hand-written database) as it is."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text

@@ -17,3 +17,4 @@ class LayerSnapshot:
     sum_max: np.ndarray     # float64 [U]: sum of their per-image maxima
     fired: np.ndarray       # int64 [U]: images whose maximum is > 0
     max: np.ndarray         # float32 [U]: the largest maximum (-inf before any image)
+    hist: np.ndarray | None = None   # int64 [U, _hist.N_BINS]: per-image maxima per fixed bin

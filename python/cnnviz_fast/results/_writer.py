@@ -1,15 +1,4 @@
-"""results.db: the mining results as DESIGN.md lays them out, written by checkpoints.
-
-Tables (SQLite, WAL):
-  run(key, value)                    configuration and provenance, values JSON
-  images(image_id, path)             the manifest, written once when the run is created
-  topk(layer, unit, rank, value, image_id, y, x)   rank 0 strongest; y, x in the layer's map
-  unit_stats(layer, unit, images, mean_max, firing_rate, max)   NULL statistics before any image
-  errors(image_id, path, error)      images that could not be used, with a readable reason
-Bookkeeping for resume:
-  progress(key, value)               status (running | stopped | finished), next_batch,
-                                     images_done, checkpoints, elapsed_s, updated
-  unit_sums(layer, unit, sum_max, fired)   the exact accumulators behind mean_max and firing_rate
+"""The miner's side of results.db (tables in `_schema.py`), written by checkpoints.
 
 Every checkpoint is one transaction that rewrites topk, unit_stats and unit_sums and appends the
 errors of the batches it covers, so the file always holds the state after some whole batch.
@@ -28,13 +17,13 @@ import numpy as np
 
 from .._dirlock import FolderBusy, lock_folder
 from ..errors import ConfigMismatch, MiningError, RunLocked
-from ._schema import DB_NAME, SCHEMA
+from ._schema import DB_NAME, SCHEMA, encode_value
 from ._snapshot import LayerSnapshot
+from . import _hist
 
 # The run keys that make two runs "the same configuration" (resume only continues such a run).
 CONFIG_KEYS = ("model_sha256", "layers", "top_k", "preprocess", "dataset", "dataset_images",
-               "dataset_fingerprint", "batch_size", "device")
-
+               "dataset_fingerprint", "batch_size", "device", "limit")
 
 
 class ResultsDB:
@@ -72,6 +61,7 @@ class ResultsDB:
             for unit, s, fired in self.con.execute(
                     "SELECT unit, sum_max, fired FROM unit_sums WHERE layer = ?", (layer.name,)):
                 snap.sum_max[unit], snap.fired[unit] = s, fired
+            snap.hist = _hist.read(self.con, layer.name, u)
             snaps.append(snap)
         return snaps
 
@@ -90,18 +80,19 @@ class ResultsDB:
                 con.executemany("INSERT INTO unit_sums VALUES (?, ?, ?, ?)",
                                 zip([layer.name] * layer.units, range(layer.units), snap.sum_max.tolist(),
                                     snap.fired.tolist()))
+            _hist.write(con, layers, [snap.hist for snap in snaps])
             con.executemany("INSERT OR REPLACE INTO errors VALUES (?, ?, ?)", errors)
             progress = dict(progress, updated=time.time())
             con.executemany("INSERT OR REPLACE INTO progress VALUES (?, ?)", progress.items())
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            _rollback(con)
             raise
 
     def set_run(self, **values) -> None:
         with _transaction(self.con):
             self.con.executemany("INSERT OR REPLACE INTO run VALUES (?, ?)",
-                                 [(k, json.dumps(v, sort_keys=True)) for k, v in values.items()])
+                                 [(k, encode_value(v)) for k, v in values.items()])
 
     def close(self) -> None:
         try:
@@ -159,7 +150,7 @@ def _create(con: sqlite3.Connection, config: dict, provenance: dict, manifest) -
             if statement.strip():
                 con.execute(statement)
         con.executemany("INSERT INTO run VALUES (?, ?)",
-                        [(k, json.dumps(v, sort_keys=True)) for k, v in {**provenance, **config}.items()])
+                        [(k, encode_value(v)) for k, v in {**provenance, **config}.items()])
         con.executemany("INSERT INTO images VALUES (?, ?)", manifest.paths())
         con.executemany("INSERT INTO progress VALUES (?, ?)",
                         [("status", "running"), ("next_batch", 0), ("images_done", 0), ("checkpoints", 0),
@@ -169,7 +160,7 @@ def _create(con: sqlite3.Connection, config: dict, provenance: dict, manifest) -
 def _check_config(path: Path, stored: dict, config: dict) -> None:
     diffs = []
     for key in CONFIG_KEYS:
-        old, new = stored.get(key), json.loads(json.dumps(config.get(key), sort_keys=True))
+        old, new = stored.get(key), json.loads(encode_value(config.get(key)))
         if old != new:
             diffs.append(f"{key}: {_short(old)} -> {_short(new)}")
     if diffs:
@@ -178,7 +169,7 @@ def _check_config(path: Path, stored: dict, config: dict) -> None:
 
 
 def _short(value) -> str:
-    text = json.dumps(value, sort_keys=True)
+    text = encode_value(value)
     if isinstance(value, list) and value and isinstance(value[0], dict) and "name" in value[0]:
         text = ",".join(str(v["name"]) for v in value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -226,7 +217,17 @@ class _transaction:
         self.con.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type, *_):
-        self.con.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type:
+            _rollback(self.con)
+        else:
+            self.con.execute("COMMIT")
+
+
+def _rollback(con: sqlite3.Connection) -> None:
+    # A signal (Ctrl-C) can land just after COMMIT has finished in SQLite: then nothing is left to
+    # roll back, and ROLLBACK's own error would hide the KeyboardInterrupt.
+    if con.in_transaction:
+        con.execute("ROLLBACK")
 
 
 def _lock(out: Path) -> int:

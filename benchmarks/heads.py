@@ -1,6 +1,7 @@
 """Mining heads, measured: in-graph ReduceMax/ArgMax vs raw taps reduced by the native unit_max.
 
-    python -m cnnviz_fast.graph._bench [zfnet] [--batch 64] [--threads 2] [--repeats 5]
+    python benchmarks/heads.py [zfnet] [--batch 64] [--threads 2] [--repeats 5]
+    cnnviz-fast bench heads [same options]
 
 Runs are interleaved (graph, native, native+IOBinding, forward-only, ...) so that load from other
 processes hits every variant alike; the table reports the fastest and the median seconds per
@@ -12,28 +13,24 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import numpy as np
 
 
 def _session(proto, threads: int):
-    import onnxruntime as ort
+    from cnnviz_fast import runtime
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # No busy-waiting threads: then process CPU time measures work, not waiting for a core.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return runtime.session(proto, "cpu", threads=threads, spinning=False, what="a benchmark graph")
 
 
 def bench_mining_heads(model, layers=None, batch: int = 64, threads: int = 2, repeats: int = 5,
                        seed: int = 0) -> dict[str, tuple[float, float, float]]:
     """(fastest, median, median CPU) seconds per batch of `batch` random images for each way of getting the
     [N, C] maxima and positions."""
-    from .. import _C
+    from cnnviz_fast import _C
 
     layers = model.taps(layers)
     x = np.random.default_rng(seed).normal(size=(batch, *model.input_size)).astype(np.float32)
@@ -81,8 +78,8 @@ def bench_mining_heads(model, layers=None, batch: int = 64, threads: int = 2, re
     return {name: (min(v), statistics.median(v), statistics.median(cpu[name])) for name, v in times.items()}
 
 
-def main(argv=None) -> None:
-    from . import Model
+def main(argv=None) -> int:
+    from cnnviz_fast import Model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default="zfnet")
@@ -102,7 +99,8 @@ def main(argv=None) -> None:
     for name, (best, median, cpu_s) in result.items():
         print(f"  {name:34s} {best * 1000:6.0f} ms {median * 1000:6.0f} ms {cpu_s * 1000:6.0f} ms "
               f"{args.batch / best:7.1f}  {best / base:5.2f}x {cpu_s / base_cpu:5.2f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
