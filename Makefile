@@ -29,10 +29,10 @@ install: $(VENV)/.build-deps
 	$(SAY_BUILD)
 	$(PIP_BUILD) -e .
 
-# The same install plus the test extras.
+# The same install plus the test extras (and Ray: the cluster tests run a real local cluster).
 test-deps: $(VENV)/.build-deps
 	$(SAY_BUILD)
-	$(PIP_BUILD) -e ".[test]" $(TEST_PINS)
+	$(PIP_BUILD) -e ".[test,ray]" $(TEST_PINS)
 
 test: test-deps
 	$(BIN)/python -m pytest -q

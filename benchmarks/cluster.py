@@ -107,10 +107,14 @@ def main(argv=None) -> int:
         generate(data, args.images, seed=0, size=args.image_size)
         print(f"{args.images} images of {args.image_size}px, model {args.model}, batch {args.batch_size}, shards of "
               f"{args.shard_images}, {n_cores} cores, device {args.device}", flush=True)
-        plan = [("single, all threads", "single", 1, n_cores), ("ray local:1", "ray", 1, n_cores)]
+        whole = f"single, {n_cores} thread(s)"
+        plan = [(whole, "single", 1, n_cores), (f"ray local:1, {n_cores} thread(s)", "ray", 1, n_cores)]
+        if n_cores > 2:  # on 2 cores the single process with two threads is the first variant
+            plan.append(("single, 2 threads", "single", 1, 2))
         if n_cores >= 2:
-            plan += [("single, 2 threads", "single", 1, 2), ("ray local:2, 1 thread each", "ray", 2, 1)]
-        curve = [n for n in (2 ** i for i in range(8)) if n <= slots and n > 2]
+            plan.append(("ray local:2, 1 thread each", "ray", 2, 1))
+        # The scaling curve: local:n with cores/n threads each (local:2 on 2 cores is the variant above).
+        curve = [n for n in (2 ** i for i in range(1, 8)) if n <= slots and not (n == 2 and n_cores == 2)]
         plan += [(f"ray local:{n}, {max(1, n_cores // n)} thread(s) each", "ray", n, max(1, n_cores // n)) for n in curve]
         runs: dict[str, list[dict]] = {name: [] for name, *_ in plan}
         for rep in range(args.repeats):
@@ -126,9 +130,10 @@ def main(argv=None) -> int:
         for name in best:
             print(f"{name:34s} {best[name]['rate']:12.1f} {best[name]['call_rate']:12.1f}")
         summary = {}
-        pairs = [("ray local:1", "single, all threads", "overhead local:1 / single")]
+        pairs = [(f"ray local:1, {n_cores} thread(s)", whole, "overhead local:1 / single")]
         if n_cores >= 2:
-            pairs.append(("ray local:2, 1 thread each", "single, 2 threads", "local:2 x 1 thread / single x 2 threads"))
+            pairs.append(("ray local:2, 1 thread each", "single, 2 threads" if n_cores > 2 else whole,
+                          "local:2 x 1 thread / single x 2 threads"))
         for a, b, what in pairs:
             ratio, call_ratio = best[a]["rate"] / best[b]["rate"], best[a]["call_rate"] / best[b]["call_rate"]
             summary[what] = {"steady": ratio, "call": call_ratio}
@@ -136,9 +141,9 @@ def main(argv=None) -> int:
                 f"  target >= {OVERHEAD_TARGET}: {'met' if ratio >= OVERHEAD_TARGET else 'NOT met'}")
             print(f"{what}: {ratio:.2f}x steady, {call_ratio:.2f}x call{verdict}")
         if curve:
-            base = best["ray local:1"]["rate"]
-            print("scaling: " + ", ".join(f"local:{n} {best[name]['rate'] / base:.2f}x" for name, _, n, _ in
-                                          [(nm, k, w, t) for nm, k, w, t in plan if k == "ray"]))
+            base = best[f"ray local:1, {n_cores} thread(s)"]["rate"]
+            print("scaling against local:1: " + ", ".join(f"{name.split(',')[0][4:]} {best[name]['rate'] / base:.2f}x"
+                                                          for name, kind, _, _ in plan if kind == "ray"))
         if args.json:
             Path(args.json).write_text(json.dumps({"config": vars(args), "cores": n_cores, "runs": runs,
                                                    "summary": summary}, indent=2))

@@ -66,10 +66,18 @@ def _nvcc() -> str | None:
     return lines[0].strip() if lines else None
 
 
+def _cores() -> int | None:
+    """runtime.cores(), or None where the package does not import (the build failed: say so later)."""
+    try:
+        from cnnviz_fast import runtime
+    except ImportError:
+        return None
+    return runtime.cores()
+
+
 def describe() -> dict:
     """The machine, the GPU, the native build, torch/CuPy and ONNX Runtime, as found here."""
-    info: dict = {"python": sys.version.split()[0], "platform": platform.platform(),
-                  "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    info: dict = {"python": sys.version.split()[0], "platform": platform.platform(), "cores": _cores()}
     smi = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"],
                30) if shutil.which("nvidia-smi") else (None, "")
     info["nvidia_smi"] = [line.strip() for line in smi[1].splitlines() if line.strip()] if smi[0] == 0 else []

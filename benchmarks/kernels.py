@@ -27,7 +27,6 @@ written, over time) is shown next to a device-to-device copy's bandwidth measure
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -36,6 +35,9 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _common, as a script or via `cnnviz-fast bench`
+import _common  # noqa: E402
 
 BATCH = 64
 TOPK_K = 9
@@ -407,7 +409,7 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per side first (default 1)")
     p.add_argument("--ops", default="switch_pool,unpool,unit_max,topk_merge", help="comma-separated subset of the ops")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON (the format of benchmarks/_common.py)")
     p.add_argument("--cuda", action="store_true", help="also time the CUDA kernels (needs a GPU, torch with CUDA, a CUDA build)")
     args = p.parse_args(argv)
     args.ops = {o.strip() for o in args.ops.split(",") if o.strip()}
@@ -474,10 +476,22 @@ def main(argv=None):
             result["cuda"] = dict(device=name, copy_gb_s=copy_gbs, rows=crows)
 
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        gpu = result.get("cuda", {}).get("device")
+        _common.write(args.json, [json_entry(args, result)], "cuda" if gpu else "cpu", gpu)
         print(f"\nwrote {args.json}")
     return 0
+
+
+def json_entry(args, result) -> dict:
+    """This run in the common benchmark format: one row per CPU (and CUDA) measurement."""
+    rows = [_common.row(f"{r['op']} {r['net']} {r['layer']} {r['shape']}", "ms", r["ours_ms"], r["baseline_ms"],
+                        r["baseline"], r["target"], agrees=r["same"]) for r in result["cpu_rows"]]
+    for r in (result.get("cuda") or {}).get("rows", []):
+        rows.append(_common.row(f"cuda {r['op']} {r['net']} {r['layer']} {r['shape']}", "ms", r["ours_ms"],
+                                r["torch_ms"], "torch on the GPU", None, agrees=r["same"], gb_s=r["gb_s"],
+                                copy_fraction=r["copy_fraction"]))
+    config = {k: v for k, v in vars(args).items() if k != "json"}
+    return _common.entry("kernels", config, rows, result)
 
 
 if __name__ == "__main__":

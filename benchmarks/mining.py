@@ -39,7 +39,6 @@ resident memory (flat memory as the dataset grows); --rss-model picks the model.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import subprocess
@@ -50,6 +49,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common, as a script or via `cnnviz-fast bench`
+import _common  # noqa: E402
 
 K = 9
 TARGETS = {"zfnet": 2.0, "alexnet": 1.3}
@@ -360,7 +362,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: ours on the CUDA EP with device-resident top-k, torch on the GPU")
     p.add_argument("--data-dir", help="where to generate (and keep) the JPEGs (default: a temporary folder)")
-    p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--json", help="also write the numbers to this file (the format of benchmarks/_common.py)")
     p.add_argument("--rss", action="store_true", help="measure peak RSS at --rss-sizes images instead")
     p.add_argument("--rss-sizes", default="1000,10000")
     p.add_argument("--rss-model", default="small", help="small (a 3-conv CNN exported here), zfnet or alexnet")
@@ -385,8 +387,30 @@ def main(argv=None) -> int:
     ok, summary = report(results, args, lines)
     print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": vars(args), "rates": results, "summary": summary}, indent=2))
+        gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
+        _common.write(args.json, [json_entry(args, results, summary, ok)], args.device, gpu)
     return 0 if ok else 1
+
+
+def json_entry(args, results, pick, ok) -> dict:
+    """This run in the common benchmark format: medians as the figures, the best of the repeats in
+    `extra`; the end-to-end rows carry the issue's targets."""
+    med, best = pick["median"], pick["best"]
+    rows = []
+    for name in args.models:
+        r, b = med[name], best[name]
+        rows.append(_common.row(f"mining end to end, {name}", "img/s", r["ours end-to-end"],
+                                r["PyTorch eager end-to-end"], "PyTorch eager hooks + topk", TARGETS.get(name, 1.0),
+                                best_ours=b["ours end-to-end"], best_baseline=b["PyTorch eager end-to-end"]))
+        for heads in ("graph", "native"):
+            v = f"ours forward-only ({heads} heads)"
+            rows.append(_common.row(f"mining forward-only, {name}, {heads} heads", "img/s", r[v],
+                                    r["PyTorch forward-only"], "PyTorch forward + hooks + topk", None,
+                                    best_ours=b[v], best_baseline=b["PyTorch forward-only"]))
+    for v, rate in med["decode"].items():
+        rows.append(_common.row(v, "img/s", rate, best=best["decode"][v]))
+    config = {k: v for k, v in vars(args).items() if k not in ("json", "data_dir")}
+    return _common.entry("mining", config, rows, {"rates": results, "summary": pick}, passed=ok)
 
 
 if __name__ == "__main__":

@@ -31,12 +31,15 @@ baseline summed over the five layers, and >= 5x on conv1 and on conv2 each.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import platform
 import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # _common, as a script or via `cnnviz-fast bench`
+import _common  # noqa: E402
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 TARGET_ALL, TARGET_EARLY = 2.0, 5.0
@@ -79,10 +82,28 @@ def main(argv=None) -> int:
     _print_table(rows, args, u8, i64)
     ok = _verdict(rows)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "switch_bytes_uint8": u8, "switch_bytes_int64": i64, "args": vars(args),
-                       "threads": threads, "device": win.device.name, "pass": ok}, f, indent=2)
+        raw = {"rows": rows, "switch_bytes_uint8": u8, "switch_bytes_int64": i64, "threads": threads,
+               "device": win.device.name}
+        gpu = _machine("cuda") if win.device.name == "cuda" else None
+        _common.write(args.json, [json_entry(args, rows, raw, ok)], win.device.name, gpu)
     return 0
+
+
+def json_entry(args, rows, raw, ok) -> dict:
+    """This run in the common benchmark format: projections per second, windowed (ours) against the
+    autograd baseline, per layer and summed as the targets are; full-frame in `extra`."""
+    groups = [(r["layer"], [r], TARGET_EARLY if r["layer"] in ("conv1", "conv2") else None) for r in rows]
+    groups += [("conv1-2", rows[:2], TARGET_EARLY), ("all five", rows, TARGET_ALL)]
+    out = []
+    for label, rs, target in groups:
+        n = sum(r["projections"] for r in rs)
+        tb, tf, tw = (sum(r[k] for r in rs) for k in ("baseline_s", "full_s", "windowed_s"))
+        # conv1-2's target is on each layer (the rows above), not on their sum.
+        out.append(_common.row(f"deconvnet projections, ZFNet {label}, windowed", "projections/s", n / tw, n / tb,
+                               "batched torch autograd deconvnet", None if label == "conv1-2" else target,
+                               projections=n, full_frame_per_s=n / tf, extrapolated=any(r["extrapolated"] for r in rs)))
+    config = {k: v for k, v in vars(args).items() if k != "json"}
+    return _common.entry("projection", config, out, raw, passed=ok)
 
 
 def _parse(argv):
@@ -96,7 +117,7 @@ def _parse(argv):
     p.add_argument("--warmup", type=int, default=1, help="untimed batches per side and layer first")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (ours; the baseline follows)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--json", default=None, help="also write the results here (the format of benchmarks/_common.py)")
     return p.parse_args(argv)
 
 

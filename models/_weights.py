@@ -8,6 +8,7 @@ first mismatches listed, because a silently partial load gives plausible-looking
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -50,7 +51,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if ext == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path), device="cpu"))
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as exc:  # safetensors' own SafetensorError (a header that does not parse, ...)
+            raise ValueError(f"weights file {path} is not a readable .safetensors file: {exc}") from None
     if ext not in (".pth", ".pt"):
         raise ValueError(
             f"weights file {path}: unknown extension {path.suffix!r}; expected .pth, .pt or .safetensors"
@@ -60,7 +64,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except Exception as exc:
         raise ValueError(
             f"weights file {path} could not be read as a state dict with torch.load(weights_only=True) "
-            f"(a pickled whole model is not accepted; save model.state_dict() instead): {exc}"
+            f"(a pickled whole model is not accepted; save model.state_dict() instead): {_load_reason(exc)}"
         ) from None
     if isinstance(obj, Mapping):
         for key in _WRAPPER_KEYS:
@@ -74,6 +78,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _load_reason(exc: Exception) -> str:
+    """torch.load's reason without its advice: torch suggests re-running with weights_only=False,
+    which would run whatever code the file holds; we never pass that on."""
+    text = str(exc)
+    m = re.search(r"WeightsUnpickler error:\s*([^\n]*)", text)
+    if m:  # its first sentence: the rest is advice on allow-listing what the file holds
+        return m.group(1).strip().split(". ")[0].rstrip(".")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(exc).__name__
+    return "it holds objects other than tensors" if "weights_only" in first else first
 
 
 def _mismatches(expected: Mapping[str, torch.Tensor], got: Mapping[str, object]) -> list[str]:

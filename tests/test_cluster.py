@@ -16,7 +16,7 @@ import pytest
 
 from cnnviz_fast.errors import MiningError, RunLocked
 from cnnviz_fast.mining import mine
-from test_mine_support import PRE, tiny  # noqa: F401
+from _support.mining import PRE, tiny  # noqa: F401
 
 ray = pytest.importorskip("ray")
 from cnnviz_fast.cluster import mine as cluster_mine  # noqa: E402
@@ -175,9 +175,9 @@ def test_reduce_in_shard_order_whatever_order_shards_arrive(data, tiny, tmp_path
     manifest.close()
 
 
-def _worker_processes() -> list[tuple[int, str]]:
-    """(pid, title) of the Ray worker processes mining a shard right now (Ray retitles a worker
-    process `ray::Class.method` while it runs a method)."""
+def _worker_processes() -> list[int]:
+    """Pids of the Ray worker processes that hold a ShardWorker (Ray titles them `ray::ShardWorker...`;
+    the method in the title is the last one started, and progress polls start often)."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -186,35 +186,41 @@ def _worker_processes() -> list[tuple[int, str]]:
                     title = f.read().split(b"\0")[0].decode(errors="replace")
             except OSError:
                 continue
-            if title.startswith("ray::ShardWorker.mine_shard"):
-                found.append((int(entry), title))
+            if title.startswith("ray::ShardWorker"):
+                found.append(int(entry))
     return found
 
 
 def test_worker_killed_mid_shard_is_replaced(cluster, data, tiny, tmp_path):  # noqa: F811
     want = single(tiny, data, tmp_path / "single")
+    out = tmp_path / "cluster"
     killed: list[int] = []
 
     def killer():
+        # Once the first of 7 shards is recorded both workers are in a shard (each takes the next
+        # one at once): kill one of them there.
         deadline = time.monotonic() + 120
         while not killed and time.monotonic() < deadline:
+            try:
+                recorded = len(shards(out))
+            except sqlite3.Error:  # no results.db or no shards table yet
+                recorded = 0
             busy = _worker_processes()
-            if busy:
-                time.sleep(0.05)  # into the shard, not at its first instruction
-                if _worker_processes():
-                    os.kill(busy[0][0], signal.SIGKILL)
-                    killed.append(busy[0][0])
-            time.sleep(0.02)
+            if 1 <= recorded <= 4 and len(busy) >= 2:
+                victim = max(busy)  # this run's workers are the newest (earlier tests' may still be exiting)
+                os.kill(victim, signal.SIGKILL)
+                killed.append(victim)
+            time.sleep(0.01)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     stream = io.StringIO()
-    summary = on_cluster(tiny, data, tmp_path / "cluster", shard_images=96, progress="lines", stream=stream)
+    summary = on_cluster(tiny, data, out, progress="lines", stream=stream)
     thread.join()
     assert killed, "no worker was seen mining"
     assert summary.status == "finished"
-    assert_same(rows(tmp_path / "cluster"), want)
-    recorded = shards(tmp_path / "cluster")
+    assert_same(rows(out), want)
+    recorded = shards(out)
     assert sorted(r[4] for r in recorded) == [1] * (len(recorded) - 1) + [2]  # one shard mined twice
     assert "3 worker process(es) ran, 1 shard(s) retried" in stream.getvalue()
 
@@ -339,3 +345,82 @@ def test_projection_on_cluster_writes_the_single_process_files(cluster, data, ti
             assert filecmp.cmp(a / f, b / f, shallow=False), f
     again = cluster_project(tmp_path / "two", ray="auto", threads=1, save_arrays=True, progress="none")
     assert again.skipped == want.projected and not again.projected  # done layers are not redone
+
+
+class _Unpicklable:
+    """Fails where it is unpickled: in the worker, while Ray builds its constructor's arguments."""
+
+    def __reduce__(self):
+        return int, ("not a number",)
+
+
+def test_worker_that_cannot_be_created_stops_the_run_at_once(cluster, data, tiny, tmp_path, monkeypatch):  # noqa: F811
+    from cnnviz_fast.cluster import _pool
+
+    start = _pool.Pool.start
+    monkeypatch.setattr(_pool.Pool, "start", lambda self, model_bytes, job, *a: start(
+        self, model_bytes, {**job, "poison": _Unpicklable()}, *a))
+    with pytest.raises(MiningError) as err:
+        on_cluster(tiny, data, tmp_path / "out")
+    text = str(err.value)
+    assert text.startswith("a worker could not be created") and "invalid literal for int()" in text
+    assert "Traceback" not in text and "\n" not in text
+
+
+def test_public_entry_points_and_a_sample(cluster, data, tiny, tmp_path):  # noqa: F811
+    """`cnnviz_fast.mine(..., ray=...)` with `limit`: the single process's sample (its own packed
+    batch grid), the same rows; `cnnviz_fast.project(..., ray=...)` the same summary."""
+    import shutil
+
+    import cnnviz_fast
+
+    mine(tiny, data, tmp_path / "one", top_k=5, batch_size=B, threads=1, workers=1, progress="none", limit=101)
+    want = rows(tmp_path / "one")
+    summary = cnnviz_fast.mine(tiny, data, tmp_path / "two", ray="auto", top_k=5, batch_size=B, threads=1,
+                               progress="none", limit=101, shard_images=32)
+    assert summary.done == 101 and "worker process(es) ran" in summary.notes[-1]
+    assert_same(rows(tmp_path / "two"), want)
+    shutil.rmtree(tmp_path / "one" / "projections", ignore_errors=True)
+    a = cnnviz_fast.project(tmp_path / "one", progress="none", layers="conv3")
+    b = cnnviz_fast.project(tmp_path / "two", progress="none", layers="conv3", ray="auto")
+    assert (a.projected, a.projections, a.images) == (b.projected, b.projections, b.images)
+
+
+def test_cli_mine_stopped_by_sigterm_resumed_on_a_joined_cluster_then_project(cluster, data, tiny, tmp_path):  # noqa: F811
+    """`cnnviz-fast mine ... --ray local:2` (its own cluster) ends on SIGTERM with status 143 and the
+    finished shards kept; the same command with `--ray HOST:PORT` (joining the tests' cluster)
+    completes it, equal to the single process; `project --ray HOST:PORT` projects."""
+    want = single(tiny, data, tmp_path / "single")
+    out = tmp_path / "cli"
+    base = [sys.executable, "-m", "cnnviz_fast"]
+    args = ["mine", str(tiny), str(data), "--out", str(out), "--shard-images", "16", "--batch-size", str(B),
+            "--top-k", "5", "--threads", "1", "--progress", "lines", "--checkpoint-every", "1000000"]
+    proc = subprocess.Popen(base + args + ["--ray", "local:2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if len(shards(out)) >= 3:
+                    break
+            except sqlite3.OperationalError:  # no results.db or no shards table yet
+                pass
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        _kill_group(proc.pid)
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM" in err and "run the same command again to resume" in err
+    assert "Traceback" not in err
+    kept = len(shards(out))
+    address = ray.get_runtime_context().gcs_address
+    res = subprocess.run(base + args + ["--ray", address], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "resuming" in res.stdout + res.stderr and "0 shard(s) retried" in res.stdout + res.stderr
+    assert_same(rows(out), want)
+    assert len(shards(out)) == 19 and kept >= 3
+    res = subprocess.run(base + ["project", str(out), "--ray", address, "--layers", "conv1"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert (out / "projections" / "conv1" / "layer.json").is_file()

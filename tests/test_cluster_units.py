@@ -104,17 +104,87 @@ def _python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
 
 
-def test_ray_missing_says_how_to_install(tmp_path):
+@pytest.mark.parametrize("call", ["mine('demo', {data!r}, {out!r}, ray='local:2')",
+                                  "project({out!r}, ray='auto')"])
+def test_ray_missing_says_how_to_install(tmp_path, call):
     # `import ray` fails in the child as it does where Ray is not installed.
     res = _python(f"""
         import sys
         sys.modules["ray"] = None
-        from cnnviz_fast.cluster import mine
-        from cnnviz_fast.errors import MiningError
+        from cnnviz_fast import mine, project
+        from cnnviz_fast.errors import CnnvizError
         try:
-            mine("demo", {str(tmp_path)!r}, {str(tmp_path / 'out')!r}, ray="local:2")
-        except MiningError as exc:
-            print("MESSAGE", exc)
+            {call.format(data=str(tmp_path), out=str(tmp_path / 'out'))}
+        except CnnvizError as exc:
+            print("MESSAGE", type(exc).__name__, exc)
         """)
     assert res.returncode == 0, res.stderr
-    assert "MESSAGE --ray needs Ray" in res.stdout and INSTALL in res.stdout
+    assert "MESSAGE" in res.stdout and "--ray needs Ray" in res.stdout and INSTALL in res.stdout
+    assert ("MiningError" if "mine" in call else "ProjectionError") in res.stdout
+
+
+def test_without_ray_option_ray_is_never_imported(tmp_path):
+    from cnnviz_fast.datasets.synthetic import generate
+
+    generate(tmp_path / "data", 12, seed=0, size=40)
+    res = _python(f"""
+        import sys
+        import cnnviz_fast
+        s = cnnviz_fast.mine("demo", {str(tmp_path / 'data')!r}, {str(tmp_path / 'out')!r}, progress="none",
+                             max_error_rate=None)
+        p = cnnviz_fast.project({str(tmp_path / 'out')!r}, progress="none")
+        print("STATUS", s.status, p.projections > 0, "cnnviz_fast.cluster" in sys.modules,
+              sorted(m for m in sys.modules if m == "ray" or m.startswith("ray.")))
+        """)
+    assert res.returncode == 0, res.stderr
+    assert "STATUS finished True False []" in res.stdout
+
+
+def test_cli_without_ray_installed_exits_2_with_the_install_line(tmp_path):
+    res = _python(f"""
+        import sys
+        sys.modules["ray"] = None
+        from cnnviz_fast.cli import main
+        sys.exit(main(["mine", "demo", {str(tmp_path)!r}, "--out", {str(tmp_path / 'out')!r}, "--ray", "local:2"]))
+        """)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert INSTALL in res.stderr and "Traceback" not in res.stderr
+
+
+class _FakeCluster:
+    """What `Pool` reads of a connected cluster: its alive nodes (and the local CPUs it was given)."""
+
+    def __init__(self, nodes, local_cpus=0):
+        self.ray, self.error, self._nodes, self.local_cpus = None, CnnvizError, nodes, local_cpus
+
+    def nodes(self):
+        return self._nodes
+
+
+@pytest.mark.parametrize("nodes,device,threads,want", [
+    # one worker per GPU, the node's CPUs shared among its GPUs for decoding
+    ([{"cpus": 32, "gpus": 8, "host": "a"}, {"cpus": 16, "gpus": 4, "host": "b"}], "auto", None, ("cuda", 12, 4, 4)),
+    # CPU nodes: one worker per `threads` CPUs of each node (default 4), never more than a node has
+    ([{"cpus": 16, "gpus": 0, "host": "a"}, {"cpus": 6, "gpus": 0, "host": "b"}], "auto", None, ("cpu", 5, 4, 4)),
+    ([{"cpus": 16, "gpus": 0, "host": "a"}], "auto", 8, ("cpu", 2, 8, 8)),
+    ([{"cpus": 8, "gpus": 2, "host": "a"}], "cpu", 2, ("cpu", 4, 2, 2)),
+])
+def test_worker_slots_on_a_joined_cluster(nodes, device, threads, want):
+    from cnnviz_fast.cluster import Address
+    from cnnviz_fast.cluster._pool import Pool
+
+    pool = Pool(_FakeCluster(nodes), Address("ray://x:1", False, 0, "ray://x:1"), device, threads, None)
+    assert (pool.device, pool.slots, pool.cpus, pool.threads) == want
+    assert pool.decode_workers == pool.cpus
+
+
+def test_local_workers_share_the_cores_and_cuda_needs_gpus():
+    from cnnviz_fast.cluster import Address
+    from cnnviz_fast.cluster._pool import Pool
+    from cnnviz_fast.errors import DeviceUnavailable
+
+    pool = Pool(_FakeCluster([{"cpus": 4, "gpus": 0, "host": "a"}], local_cpus=4), Address("local:2", True, 2),
+                "cpu", None, None)
+    assert (pool.slots, pool.cpus, pool.threads) == (2, 2, 2)
+    with pytest.raises(DeviceUnavailable, match="no GPUs"):
+        Pool(_FakeCluster([{"cpus": 4, "gpus": 0, "host": "a"}]), Address("auto", False, 0, "auto"), "cuda", None, None)

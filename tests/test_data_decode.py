@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from cnnviz_fast.data import DecodeError, Preprocess, decode, load_crop
-from test_mine_support import PRE, animated_gif, bad_zoo, jpeg, photo, png
+from _support.mining import PRE, animated_gif, bad_zoo, jpeg, photo, png
 
 pre = Preprocess.from_metadata(PRE)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnnviz_fast.data import BatchLoader, Preprocess, open_manifest
-from test_mine_support import PRE, jpeg, photo
+from _support.mining import PRE, jpeg, photo
 
 BROKEN = (3, 10, 22)
 

@@ -9,7 +9,7 @@ import pytest
 
 from cnnviz_fast.data import BatchLoader, DecodeError, Preprocess, decode, open_manifest
 from cnnviz_fast.data._tar import expand_braces
-from test_mine_support import PRE, jpeg, make_tar, photo
+from _support.mining import PRE, jpeg, make_tar, photo
 
 
 @pytest.fixture

@@ -16,6 +16,9 @@ from cnnviz_fast.graph import Model
 from cnnviz_fast.testing.families import build_family, export_family
 from _support.onnx_models import const, export_torch, make_model, run
 
+pytest.importorskip("torchvision", reason="the family models come from torchvision and timm")
+pytest.importorskip("timm", reason="the family models come from torchvision and timm")
+
 
 def _blocks(prefix, counts):
     return [f"{prefix}{s + 1}.{b}" for s, n in enumerate(counts) for b in range(n)]

@@ -201,3 +201,50 @@ def test_block_fields_match_gradient_support(kind):
     want = _support(_Block(kind, surrogate=True), hw, pts)
     got = [layer.clip(layer.receptive_field(y, x)) for y, x in pts]
     assert got == want
+
+
+def test_shufflenet_fields_through_split_and_channel_shuffle():
+    """ShuffleNetV2: x.chunk(2, dim=1) (Slice over channels) and the channel shuffle (Reshape to
+    5-D, Transpose, Reshape back) keep the field. Oracle: the same net made linear and positive
+    (max-pools as average pools over the same windows), gradient support per block output."""
+    import copy
+
+    torchvision = pytest.importorskip("torchvision")
+    from _support.skeleton import probe_positions as probes
+
+    torch.manual_seed(0)
+    net = torchvision.models.shufflenet_v2_x0_5(weights=None).eval()
+    hw = (64, 64)
+    model = Model.from_torch(net, (3, *hw))
+    assert {"Slice", "Transpose", "Concat"} <= {n.op_type for n in model.proto.graph.node}
+    sur = copy.deepcopy(net).double()
+    with torch.no_grad():
+        for parent in list(sur.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, (nn.BatchNorm2d, nn.ReLU)):
+                    setattr(parent, name, nn.Identity())
+                elif isinstance(child, nn.MaxPool2d):
+                    setattr(parent, name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+                elif isinstance(child, nn.Conv2d):
+                    child.weight.copy_(child.weight.abs() + 0.01)
+                    if child.bias is not None:
+                        child.bias.zero_()
+    checked = 0
+    for layer in model.layers[:6]:
+        outs = {}
+        hook = sur.get_submodule(layer.name).register_forward_hook(lambda m, i, o: outs.setdefault("y", o))
+        pts = probes(*layer.map_shape)
+        x = torch.ones(len(pts), 3, *hw, dtype=torch.float64, requires_grad=True)
+        sur(x)
+        hook.remove()
+        seed = torch.zeros_like(outs["y"])
+        for b, (y, xx) in enumerate(pts):
+            seed[b, :, y, xx] = 1.0  # a layer's field is that of its widest channel (here the branch's)
+        (grad,) = torch.autograd.grad(outs["y"], x, grad_outputs=seed)
+        for b, (y, xx) in enumerate(pts):
+            g = grad[b].abs().sum(0) > 0
+            rows, cols = torch.nonzero(g.any(1)).ravel(), torch.nonzero(g.any(0)).ravel()
+            want = (int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1)
+            assert layer.clip(layer.receptive_field(y, xx)) == want, (layer.name, y, xx)
+            checked += 1
+    assert checked >= 20

@@ -242,31 +242,58 @@ def test_foreign_model_plans_and_projects(mode):
         assert_close(run_plan(model, layer, x, seeds, mode), oracle(net, relu, x, seeds, mode))
 
 
-@pytest.mark.parametrize("op", ["Sigmoid", "Tanh"])
+@pytest.mark.parametrize("op", ["Sin", "Softmax"])
 def test_unsupported_op_names_node_and_blocked_layers(op):
     model = Model.from_proto(foreign_model(op))
     assert [type(s) for s in model.reverse_plan("act1").steps] == [Relu, ConvT]
-    node = "/features/Sigmoid_1" if op == "Sigmoid" else "/features/Tanh"
-    message = (f'node "{node}" ({op}) is not supported by the deconvnet reverse plan; it blocks layers '
-               "relu2_out, fc_act (mining still works for every layer)")
+    node = f"/features/{op}"
+    message = (f'node "{node}" ({op}) is not supported by the deconvnet reverse plan (no adjoint for '
+               "this op); it blocks layers relu2_out, fc_act (mining still works for every layer)")
     for name in ("relu2_out", "fc_act"):
         with pytest.raises(UnsupportedOp) as info:
             model.reverse_plan(name)
         assert str(info.value) == message
         assert (info.value.node, info.value.op_type, info.value.layers) == (node, op, ["relu2_out", "fc_act"])
-    assert model.layer("fc_act").rf_size == (21, 21)  # receptive fields pass through Sigmoid/Tanh
 
 
-def test_non_chain_is_refused():
-    w = const("w", np.ones((3, 3, 3, 3), np.float32))
+@pytest.mark.parametrize("op", ["Sigmoid", "Tanh"])
+def test_sigmoid_and_tanh_take_their_true_adjoint(op):
+    """Once refused, now a graph plan: the elementwise op's derivative at the forward values."""
+    model = Model.from_proto(foreign_model(op))
+    plan = model.reverse_plan("relu2_out")
+    assert [s.op_type for s in plan.steps][:3] == ["Relu", "Conv", "Pad"] and not plan.is_chain
+    squash = next(s for s in plan.steps if s.op_type == op)
+    assert squash.forward == squash.outputs[:1]  # both derivatives read the forward output
+    assert squash.forward[0] in plan.forward_tensors("deconvnet")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_residual_add_sums_both_branches(mode):
+    """Add(relu(conv(x)), x): the image receives the conv branch's signal plus the skip's."""
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(3, 3, 3, 3)).astype(np.float32)
     nodes = [helper.make_node("Conv", ["pixels", "w"], ["c"], "conv", pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["c"], ["r"], "relu1"),
              helper.make_node("Add", ["r", "pixels"], ["res"], "residual"),
              helper.make_node("Relu", ["res"], ["out"], "relu2")]
-    model = Model.from_proto(make_model(nodes, [w], ["N", 3, 6, 6]))
-    with pytest.raises(UnsupportedOp, match=r'"residual" \(Add\).*2 image-dependent inputs.*blocks layer out'):
-        model.reverse_plan("out")
+    model = Model.from_proto(make_model(nodes, [const("w", w)], ["N", 3, 6, 6]))
+    plan = model.reverse_plan("out")
+    assert [a.step.op_type for a in plan.adjoints] == ["Relu", "Add", "Relu", "Conv"]
+    assert plan.adjoints[1].inputs == ("r", "pixels")
     assert model.layer("out").rf_size == (3, 3)  # the union of the two branches' fields
+
+    class Net(nn.Module):
+        def forward(self, x):
+            return F.relu(F.relu(F.conv2d(x, torch.from_numpy(w).to(x.dtype), padding=1)) + x)
+
+    from cnnviz_fast import Projector
+    from cnnviz_fast.testing import Oracle
+
+    x = rng.normal(size=(2, 3, 6, 6)).astype(np.float32)
+    net = Net()
+    seeds = _seeds(model, model.layer("out"), x)
+    got = Projector(model, device="cpu", mode=mode).project(x, layer="out", seeds=seeds)
+    assert_close(got, Oracle(net, {"out": net}).project(x, seeds, "out", mode))
 
 
 def test_zfnet_projection_equals_autograd():

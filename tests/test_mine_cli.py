@@ -9,7 +9,7 @@ import pytest
 
 from cnnviz_fast.cli import main
 from cnnviz_fast._progress import Progress
-from test_mine_support import bad_zoo, cli, jpeg, make_tar, photo, query, tiny  # noqa: F401
+from _support.mining import bad_zoo, cli, jpeg, make_tar, photo, query, tiny  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from cnnviz_fast.data import open_manifest
 from cnnviz_fast.data.manifest import sample_ids
 from cnnviz_fast.errors import ConfigMismatch, ErrorRateExceeded, MiningError
 from cnnviz_fast.mining import mine
-from test_mine_support import query, tables, tiny  # noqa: F401
+from _support.mining import query, tables, tiny  # noqa: F401
 
 N, LIMIT, K = 31, 10, 4
 

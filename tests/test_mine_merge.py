@@ -17,7 +17,7 @@ from cnnviz_fast.mining._loop import mine_batches, mine_partial
 from cnnviz_fast.mining._session import ForwardSession
 from cnnviz_fast.mining._state import MiningState
 from cnnviz_fast.results import Results
-from test_mine_support import PRE, query, tiny  # noqa: F401
+from _support.mining import PRE, query, tiny  # noqa: F401
 
 K, B = 6, 8
 FIELDS = ("values", "image_ids", "positions", "images", "sum_max", "fired", "max", "hist")

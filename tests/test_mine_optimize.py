@@ -69,7 +69,7 @@ def test_rewritten_lrn_matches_ort_and_the_definition(size, beta):
 
 
 def test_graph_without_lrn_is_left_alone(tmp_path):
-    from test_mine_support import PRE, tiny_module
+    from _support.mining import PRE, tiny_module
 
     from cnnviz_fast.zoo.export import export_onnx
 

@@ -10,7 +10,7 @@ from cnnviz_fast.mining import mine
 from cnnviz_fast.mining._session import ForwardSession
 from cnnviz_fast.mining._state import MiningState
 from cnnviz_fast.graph import Model
-from test_mine_support import PRE, folder_files, images, make_tar, query, tables, tiny, tiny_module  # noqa: F401
+from _support.mining import PRE, folder_files, images, make_tar, query, tables, tiny, tiny_module  # noqa: F401
 
 K = 5
 
@@ -152,3 +152,11 @@ def test_results_db_layout(mined):
     assert query(db, "PRAGMA journal_mode")[0][0] == "wal"
     run = dict(query(db, "SELECT key, value FROM run"))
     assert {"model_sha256", "layers", "top_k", "preprocess", "dataset", "versions", "batch_size"} <= set(run)
+
+
+def test_tiny_model_loads(tiny):
+    from cnnviz_fast.graph import Model
+
+    m = Model.load(tiny)
+    assert [layer.name for layer in m.layers] == ["conv1", "conv2", "conv3"]
+    assert [layer.map_shape for layer in m.layers] == [(32, 32), (14, 14), (6, 6)]

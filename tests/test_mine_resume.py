@@ -15,7 +15,7 @@ import pytest
 
 from cnnviz_fast.cli import main
 from cnnviz_fast.mining import ConfigMismatch, ErrorRateExceeded, RunLocked, mine
-from test_mine_support import query, tables, tiny  # noqa: F401
+from _support.mining import query, tables, tiny  # noqa: F401
 
 K = 4
 

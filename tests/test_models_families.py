@@ -17,6 +17,9 @@ from cnnviz_fast.results import Results
 from cnnviz_fast.testing.families import export_family
 from _support.onnx_models import run
 
+pytest.importorskip("torchvision", reason="the family models come from torchvision and timm")
+pytest.importorskip("timm", reason="the family models come from torchvision and timm")
+
 K = 3
 
 

@@ -39,7 +39,7 @@ def test_summary_and_markers(projected):
     root, summary = projected
     assert summary.projected == LAYERS.split(",")
     assert summary.stale == []
-    assert summary.projections == (16 + 32 + 64) * 9
+    assert summary.projections == (32 + 32 + 64) * 9
     for name in LAYERS.split(","):
         marker = json.loads((root / "out/projections" / name / "layer.json").read_text())
         assert marker["k"] == 9 and np.all(np.asarray(marker["status"]) == 1)

@@ -19,7 +19,7 @@ def test_projection_benchmark_smoke(tmp_path, capsys):
                        "--warmup", "0", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "all five" in text and "conv1-2" in text and "extrapolated" in text and "uint8" in text
-    rows = json.loads(out.read_text())["rows"]
+    rows = json.loads(out.read_text())["benchmarks"][0]["raw"]["rows"]  # benchmarks/_common.py's format
     assert [r["layer"] for r in rows] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     # Agreement with the baseline is held by the correctness tests; here it must only be measured.
     assert all(0 <= r["median_rel_err"] <= r["max_rel_err"] < float("inf") for r in rows)

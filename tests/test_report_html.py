@@ -19,22 +19,9 @@ from cnnviz_fast.mining import mine
 from cnnviz_fast.graph import Model
 from cnnviz_fast.projection import project
 from cnnviz_fast.reporting import report
+from _support.report import HOSTILE, make_run
 
-HOSTILE = "<img src=x onerror=alert(1)>.jpg"
 _LINK = re.compile(r'(?:href|src)="([^"]*)"|url\(\'([^\']*)\'\)')
-
-
-def make_run(root: Path, n: int = 9, layers: str = "conv1,conv2") -> Path:
-    """n generated images, one of them under a hostile name; with k = n every image is in every
-    unit's top-k, so the hostile name is on every unit page."""
-    data = root / "data"
-    generate(data, n, seed=5)
-    first = sorted(data.rglob("*.jpg"))[0]
-    first.rename(first.parent / HOSTILE)
-    mine("demo", data, root / "out", layers=layers, top_k=n, batch_size=8, progress="none")
-    project(root / "out", progress="none")
-    report(root / "out")
-    return root / "out"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +37,7 @@ def test_pages_exist(run_dir):
     rep = run_dir / "report"
     assert (rep / "index.html").is_file() and (rep / "style.css").is_file()
     assert (rep / "layers/conv1.html").is_file() and (rep / "layers/conv2.html").is_file()
-    assert len(list((rep / "units/conv1").glob("unit_*.html"))) == 16
+    assert len(list((rep / "units/conv1").glob("unit_*.html"))) == 32
     assert len(list((rep / "units/conv2").glob("unit_*.html"))) == 32
     assert (rep / "img/filters.png").is_file()
     assert (rep / "report.js").is_file()
@@ -113,7 +100,7 @@ def test_index_montage_tiles_link_to_their_unit_pages(run_dir):
     text = (run_dir / "report/index.html").read_text()
     tiles = re.findall(r'<a class="mtile" href="units/(conv\d)/unit_(\d{4}).html"[^>]*><span class="lbl">unit (\d+)</span>'
                        r'<span class="pair"><img class="\w+" src="img/(conv\d)/unit_(\d{4})_recon.png"', text)
-    assert len(tiles) == 16 + 16                          # 16 units drawn per layer (conv1 has 16, conv2 32)
+    assert len(tiles) == 16 + 16                          # 16 units drawn per layer (of 32 in each)
     assert len(tiles) == text.count('class="mtile"')
     for layer, unit, label, img_layer, img_unit in tiles:
         assert layer == img_layer and unit == img_unit and int(unit) == int(label)
@@ -147,9 +134,9 @@ def test_layer_cards_carry_the_statistics_they_sort_by(run_dir):
 
 
 def test_small_grids_are_enlarged_sharp(run_dir):
-    """conv1's 5x5 fields make 19-px grids: drawn with image-rendering: pixelated at a minimum size."""
+    """conv1's 7x7 fields make 25-px grids: drawn with image-rendering: pixelated at a minimum size."""
     layer = (run_dir / "report/layers/conv1.html").read_text()
-    assert layer.count('<img class="px"') == 2 * 16
+    assert layer.count('<img class="px"') == 2 * 32
     css = (run_dir / "report/style.css").read_text()
     assert "image-rendering: pixelated" in css and re.search(r"\.pair img \{[^}]*min-width: \d+px", css)
 

@@ -193,3 +193,23 @@ def test_demo_first_layer_filters_are_smooth(demo):
     smooth = slice_neighbour_correlation(w)
     assert smooth >= 0.5
     assert smooth == pytest.approx(meta["info"]["conv1_neighbour_correlation"], abs=1e-3)
+
+
+def test_training_script_ica_recovers_known_sparse_patterns():
+    """conv1's kernels come from ICA (models/train_demo.py): on patches that are sparse mixtures
+    of known zero-mean patterns, every returned basis function is one of them (up to sign/scale)."""
+    torch = pytest.importorskip("torch")
+    from cnnviz_fast.zoo.train_demo import ica_filters
+
+    rng = np.random.default_rng(3)
+    units, k = 6, 5
+    true = rng.normal(size=(units, 3 * k * k))
+    true -= true.mean(1, keepdims=True)  # ica_filters drops each patch's mean level
+    sources = rng.laplace(size=(20000, units))
+    x = torch.from_numpy((sources @ true).reshape(-1, 3, k, k).astype(np.float32))
+    basis = ica_filters(x, units, k, patches=20000, seed=0).reshape(units, -1)
+    cos = np.abs(basis @ true.T) / np.outer(np.linalg.norm(basis, axis=1), np.linalg.norm(true, axis=1))
+    assert sorted(cos.argmax(1)) == list(range(units))
+    assert cos.max(1).min() > 0.98
+    flat = np.asarray(basis)
+    assert (flat[np.arange(units), np.abs(flat).argmax(1)] > 0).all()

@@ -5,16 +5,18 @@ statuses in one table, `EXIT_CODES`.
 Exit status: 0 done (or nothing to do); 2 a problem the user can fix (a message, no traceback);
 3 more images failed than --max-error-rate allows (results written), or projections are done but
 some top-k entries are stale (the data or model changed after mining; they are listed);
-130 interrupted.
+130 interrupted by Ctrl-C (SIGINT), 143 by SIGTERM (mine and project write what they have first
+and say how to resume).
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 from .demo import DEMO_IMAGES
-from .errors import CnnvizError, ErrorRateExceeded
+from .errors import MAX_ERROR_RATE, CnnvizError, ErrorRateExceeded
 from .runtime import DEVICES
 
 # Exception class -> exit status, the first matching row wins (so subclasses before their bases).
@@ -24,10 +26,32 @@ EXIT_INTERRUPTED = 130
 EXIT_STALE = 3  # `project` and `run` finished, but some entries are stale (an outcome, not an exception)
 
 
+# API parameter -> CLI flag where the flag is not "--" + the name with dashes (errors.CnnvizError.params).
+FLAGS = {"checkpoint_images": "--checkpoint-every", "checkpoint_seconds": "--checkpoint-seconds"}
+
+
+def cli_message(exc: BaseException) -> str:
+    """str(exc) with each parameter it names (`exc.params`, spelled as in the Python API) written as
+    this CLI's flag: "top_k" -> "--top-k", "weights=FILE" -> "--weights FILE",
+    "random_weights=True" -> "--random-weights", "device='cuda'" -> "--device cuda"."""
+    text = str(exc)
+    for param in sorted(getattr(exc, "params", ()), key=len, reverse=True):
+        text = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w=])", lambda _m, p=param: _flag(p), text)
+    return text
+
+
+def _flag(param: str) -> str:
+    name, eq, value = param.partition("=")
+    flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+    if not eq or value == "True":
+        return flag
+    return f"{flag} {value.strip(chr(39) + chr(34))}"
+
+
 def exit_code(exc: BaseException) -> int | None:
     """The exit status for an exception, or None when it is not a user's problem (a bug: traceback)."""
     if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
+        return getattr(exc, "exit_status", EXIT_INTERRUPTED)
     return next((code for cls, code in EXIT_CODES if isinstance(exc, cls)), None)
 
 
@@ -46,7 +70,8 @@ def _mine(args: argparse.Namespace) -> None:
          workers=args.workers, threads=args.threads, device=args.device, weights=args.weights,
          random_weights=args.random_weights, overwrite=args.overwrite, max_error_rate=args.max_error_rate,
          checkpoint_images=args.checkpoint_every, checkpoint_seconds=args.checkpoint_seconds,
-         draft=args.draft, heads=args.heads, progress=_progress(args))
+         draft=args.draft, heads=args.heads, limit=args.limit, preprocess=args.preprocess, progress=_progress(args),
+         ray=args.ray, shard_images=args.shard_images)
 
 
 def _project(args: argparse.Namespace, **options) -> int:
@@ -54,7 +79,7 @@ def _project(args: argparse.Namespace, **options) -> int:
     from .projection import project
 
     summary = project(args.out, device=args.device, mode=args.mode, save_arrays=args.save_arrays,
-                      progress=_progress(args), **options)
+                      progress=_progress(args), ray=args.ray, **options)
     if summary.stale:
         print(summary, file=sys.stderr)
         return EXIT_STALE
@@ -64,9 +89,13 @@ def _project(args: argparse.Namespace, **options) -> int:
 
 
 def _report(args: argparse.Namespace, **options) -> None:
-    from .reporting import report
+    from .reporting import report, unprojected_layers
 
     index = report(args.out, **options)
+    missing = unprojected_layers(args.out)
+    if missing:  # a warning: on stderr even with --quiet; the report is written all the same
+        print(f"cnnviz-fast report: not projected yet: {', '.join(missing)}; their pages have statistics but no "
+              f"pictures. Run `cnnviz-fast project {args.out}` first, then report again.", file=sys.stderr)
     if not args.quiet:
         print(f"report: {index.resolve().as_uri()}")
 
@@ -81,7 +110,7 @@ def _cmd_project(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    _report(args, montage_units=args.montage_units)
+    _report(args, montage_units=args.montage_units, relative_paths=args.relative_paths)
     return 0
 
 
@@ -182,6 +211,12 @@ def _save_arrays(s) -> None:
     s.add_argument("--save-arrays", action="store_true", help="also write float16 recon.npy / patches.npy per layer")
 
 
+def _ray_option(s) -> None:
+    s.add_argument("--ray", default=None, metavar="CLUSTER",
+                   help="run on a Ray cluster: local:N (N workers on this machine), auto (the cluster `ray start` "
+                        "made here), or ray://host:port; needs pip install \"cnnviz_fast[ray]\"")
+
+
 def _mine_options(s) -> None:
     from .zoo import ZOO
 
@@ -202,16 +237,27 @@ def _mine_options(s) -> None:
     w.add_argument("--weights", help="local weights file for a zoo model (.pth/.pt/.safetensors)")
     w.add_argument("--random-weights", action="store_true", help="untrained zoo model (tests, benchmarks)")
     s.add_argument("--overwrite", action="store_true", help="replace a run of another configuration in DIR")
-    s.add_argument("--max-error-rate", type=float, default=None, metavar="R",
-                   help="exit with status 3 when more than this share (0..1) of the images cannot be used")
+    s.add_argument("--max-error-rate", type=float, default=MAX_ERROR_RATE, metavar="R",
+                   help="stop and exit with status 3 when more than this share (0..1) of the images cannot be "
+                        f"used (default {MAX_ERROR_RATE}; 1 never stops)")
     s.add_argument("--checkpoint-every", type=int, default=10_000, metavar="N",
                    help="checkpoint every N images (default 10000)")
     s.add_argument("--checkpoint-seconds", type=float, default=60.0, metavar="T",
                    help="... or every T seconds (default 60)")
+    s.add_argument("--preprocess", default=None, metavar="JSON-or-FILE",
+                   help="preprocessing instead of the model file's: JSON such as '{\"scale\": 1, \"mean\": [0, 0, 0], "
+                        "\"std\": [1, 1, 1]}' or a JSON file; keys as the cnnviz.preprocess metadata (README, Models)")
     s.add_argument("--draft", action="store_true", help="JPEG draft decoding: faster on large JPEGs, slightly "
                    "different pixels")
     s.add_argument("--heads", choices=["auto", "graph", "native"], default="auto",
                    help="reduce maps in the graph (ReduceMax/ArgMax) or with the native unit_max")
+    s.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="mine a fixed sample of N images, evenly spaced over DATA (the same every time; part of "
+                        "the configuration), for a quick look before the full run")
+    _ray_option(s)
+    s.add_argument("--shard-images", type=int, default=None, metavar="N",
+                   help="with --ray: images per shard handed to a worker (default 4096; part of the run's "
+                        "configuration)")
     _progress_options(s)
 
 
@@ -224,6 +270,7 @@ def _project_options(s) -> None:
     s.add_argument("--batch-size", type=int, default=256, help="seeds per reverse pass (default 256)")
     _save_arrays(s)
     s.add_argument("--force", action="store_true", help="redo layers that are already done")
+    _ray_option(s)
     _progress_options(s)
 
 
@@ -266,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Write DIR/report/index.html (opens from file://, no server).")
     s.add_argument("out", metavar="DIR", help="a mined (and, for the pictures, projected) folder")
     s.add_argument("--montage-units", type=int, default=16, metavar="N", help="units per layer montage (default 16)")
+    s.add_argument("--relative-paths", action="store_true", help="show image paths relative to the dataset root "
+                   "(for a report that is shared)")
     _quiet(s)
 
     s = command(sub, "run", _cmd_run, help="mine, project and report in one go",
@@ -298,16 +347,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`cnnviz-fast ARGS` (or `python -m cnnviz_fast ARGS`); returns the exit status."""
+    from ._signals import interrupting
+
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with interrupting():  # SIGTERM as well as Ctrl-C ends a command with a line, not silently
+            return args.func(args)
     except (KeyboardInterrupt, Exception) as exc:
         code = exit_code(exc)
         if code is None:
             raise
-        if code != EXIT_INTERRUPTED:  # an interrupted miner has said where its results are
-            print(f"cnnviz-fast {args.command_name}: {exc}", file=sys.stderr)
+        text = _disk_full(exc) or cli_message(exc)
+        if text:  # an Interrupted from mine/project says what was kept; a bare Ctrl-C elsewhere says nothing
+            print(f"cnnviz-fast {args.command_name}: {text}", file=sys.stderr)
+        elif code != EXIT_INTERRUPTED:
+            print(f"cnnviz-fast {args.command_name}: {type(exc).__name__}", file=sys.stderr)
         return code
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """A full disk said plainly (OSError's own text names only the file)."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"the disk is full (writing {exc.filename or 'a file'}): free some space and run the same "
+                "command again")
+    return None
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import time
 class ShardWorker:
     """Mines shards of one run. `job` (a dict the driver builds): model_name, layers (the run's
     config layers), top_k, pre (a Preprocess), dataset (Manifest.spec), fingerprint, batch_size,
-    device ("cpu" | "cuda"), heads, threads (ONNX Runtime), workers (decode threads)."""
+    device ("cpu" | "cuda"), heads, threads (ONNX Runtime), workers (decode threads), sample (the
+    ids of a `limit` sample, or None)."""
 
     def __init__(self, model_bytes: bytes, job: dict):
         self.job = job
@@ -96,8 +97,13 @@ class ShardWorker:
         # On the CPU ORT's threads fill this worker's cores: decode each batch just before it is
         # needed (as the single process does, see mining.driver); a GPU worker decodes ahead.
         depth = 1 if self.session.device == "cpu" else 3
-        loader = BatchLoader(self.manifest, job["pre"], b, job["workers"], depth=depth, layout="uint8",
-                             allocate=self.session.allocate, ids=range(first_batch * b, min(stop_batch * b, n)))
+        sample = job.get("sample")
+        if sample is None:
+            ids, packed, start = range(first_batch * b, min(stop_batch * b, n)), False, 0
+        else:  # a sample's own packed grid (batch i = sample[i*B:(i+1)*B]), numbered as the single process does
+            ids, packed, start = sample[:stop_batch * b], True, first_batch
+        loader = BatchLoader(self.manifest, job["pre"], b, job["workers"], start_batch=start, depth=depth,
+                             layout="uint8", allocate=self.session.allocate, ids=ids, packed=packed)
         with loader:
             for batch in mine_batches(self.session, loader, state):
                 images += batch.size

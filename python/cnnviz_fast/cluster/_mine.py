@@ -19,7 +19,8 @@ from __future__ import annotations
 import collections
 import time
 
-from ..errors import MiningError
+from .._signals import graceful_stop, signal_name
+from ..errors import MAX_ERROR_RATE, Interrupted, MiningError
 from ._pool import Pool
 from ._ray import Cluster, parse_address
 from ._shards import DEFAULT_SHARD_IMAGES, plan_shards, shard_batches, tar_ends
@@ -29,49 +30,66 @@ MAX_ATTEMPTS = 3
 
 def mine(model, data, out, *, ray: str, shard_images: int = DEFAULT_SHARD_IMAGES, layers=None, top_k: int = 9,
          batch_size: int = 32, workers: int | None = None, device: str = "auto", weights=None,
-         random_weights: bool = False, overwrite: bool = False, max_error_rate: float | None = None,
+         random_weights: bool = False, overwrite: bool = False, max_error_rate: float | None = MAX_ERROR_RATE,
          checkpoint_images: int = 10_000, checkpoint_seconds: float = 60.0, progress: str = "auto",
-         draft: bool = False, heads: str = "auto", threads: int | None = None, stream=None):
+         draft: bool = False, heads: str = "auto", threads: int | None = None, limit: int | None = None,
+         stream=None, preprocess=None):
     """`cnnviz_fast.mine` on the cluster `ray` names ("local:N", "auto", "ray://host:port"); the
-    other arguments as there (checked by it), `threads` and `workers` per worker."""
+    other arguments as there, `threads` and `workers` per worker. shard_images: images per shard
+    (rounded up to whole batches; part of the configuration)."""
     from .._progress import Progress
     from ..data import Manifest
+    from ..data.manifest import sample_ids
     from ..mining import driver
 
-    if shard_images < 1:
-        raise MiningError(f"shard size must be >= 1 image, got {shard_images}")
+    for what, value in (("top_k", top_k), ("batch_size", batch_size), ("workers", workers), ("threads", threads),
+                        ("limit", limit), ("shard_images", shard_images)):
+        if value is not None and value < 1:
+            raise MiningError(f"{what} must be >= 1, got {value}", params=(what,))
+    if max_error_rate is not None and not 0.0 <= max_error_rate <= 1.0:
+        raise MiningError(f"max_error_rate must be between 0 and 1, got {max_error_rate}", params=("max_error_rate",))
     address = parse_address(ray, MiningError)
+    cluster = Cluster(address, MiningError, threads)  # imports Ray (or says how to install it)
     report = Progress(0, errors=0, mode=progress, stream=stream)
-    with Cluster(address, MiningError, threads) as cluster:
-        pool = Pool(cluster, address, device, threads, workers, heads)
-        model = driver._load_model(model, weights, random_weights)
-        taps = driver._taps(model, layers)
-        pre = driver._preprocess(model, draft)
-        manifest = data if isinstance(data, Manifest) else driver._manifest(data)
-        try:
+    # What can be checked here is, before a cluster is started for it.
+    model = driver._load_model(model, weights, random_weights, preprocess)
+    taps = driver._taps(model, layers)
+    pre = driver._preprocess(model, draft)
+    manifest = data if isinstance(data, Manifest) else driver._manifest(data)
+    try:
+        driver._refuse_out_inside_data(out, manifest, data)
+        with cluster:
+            pool = Pool(cluster, address, device, threads, workers, heads)
+            sample = sample_ids(len(manifest), limit)
             per = shard_batches(shard_images, batch_size)
-            config = _config(model, taps, pre, manifest, top_k, batch_size, pool.device, per * batch_size)
-            return _run(driver, pool, model, taps, pre, manifest, config, out, report, overwrite=overwrite,
-                        max_error_rate=max_error_rate, checkpoint_images=checkpoint_images,
-                        checkpoint_seconds=checkpoint_seconds)
-        finally:
-            pool.close()
-            if not isinstance(data, Manifest):
-                manifest.close()
+            config = _config(model, taps, pre, manifest, top_k, batch_size, pool.device, per * batch_size,
+                             None if sample is None else limit)
+            try:
+                return _run(driver, pool, model, taps, pre, manifest, sample, config, out, report,
+                            overwrite=overwrite, max_error_rate=max_error_rate, checkpoint_images=checkpoint_images,
+                            checkpoint_seconds=checkpoint_seconds)
+            finally:
+                pool.close()
+    finally:
+        if not isinstance(data, Manifest):
+            manifest.close()
 
 
-def _config(model, taps, pre, manifest, top_k: int, batch_size: int, dev: str, shard_images: int) -> dict:
+def _config(model, taps, pre, manifest, top_k: int, batch_size: int, dev: str, shard_images: int,
+            limit: int | None = None) -> dict:
     """The single process's configuration (mining.driver.mine) plus the shard size."""
     return {
         "model_sha256": model.sha256, "top_k": top_k, "preprocess": pre.to_dict(),
         "layers": [{"name": t.name, "tensor": t.tensor, "kind": t.kind, "units": t.units,
                     "map_shape": list(t.map_shape)} for t in taps],
         "dataset": manifest.spec, "dataset_images": len(manifest), "dataset_fingerprint": manifest.fingerprint(),
-        "batch_size": batch_size, "device": dev, "shard_images": shard_images,
+        "batch_size": batch_size, "device": dev, "limit": limit, "shard_images": shard_images,
+        # As in mining.driver.mine: checked by driver._check_dataset on resume.
+        "dataset_content": manifest.content_fingerprint(),
     }
 
 
-def _run(driver, pool: Pool, model, taps, pre, manifest, config: dict, out, report, *, overwrite: bool,
+def _run(driver, pool: Pool, model, taps, pre, manifest, sample, config: dict, out, report, *, overwrite: bool,
          max_error_rate, checkpoint_images: int, checkpoint_seconds: float):
     from ..mining._state import MiningState
     from ..mining.summary import MiningSummary
@@ -80,8 +98,11 @@ def _run(driver, pool: Pool, model, taps, pre, manifest, config: dict, out, repo
 
     db, resumed = open_results(out, config, driver._provenance(model), manifest, overwrite)
     try:
+        driver._check_dataset(db, resumed, config, manifest, report)
         records.ensure_shards_table(db.con)
-        k, b, total = config["top_k"], config["batch_size"], len(manifest)
+        k, b = config["top_k"], config["batch_size"]
+        # A sample (limit) is mined on its own packed batch grid, as the single process mines it.
+        total = len(manifest) if sample is None else len(sample)
         stored = db.run_info().get("shard_images")
         recorded = records.finished_shards(db.con)
         if stored is not None and stored != config["shard_images"] and recorded:
@@ -90,21 +111,21 @@ def _run(driver, pool: Pool, model, taps, pre, manifest, config: dict, out, repo
             raise ConfigMismatch(f"{db.path} holds a cluster run with shards of {stored} images; this run asks "
                                  f"for {config['shard_images']}. Use the same shard size, --overwrite, or "
                                  "--out another folder.")
-        prog = db.progress()
-        errors, elapsed0, checkpoints = db.error_count(), float(prog["elapsed_s"]), int(prog["checkpoints"])
+        prog, errors, snaps = db.resume_state(taps, k) if resumed else (db.progress(), db.error_count(), None)
+        elapsed0, checkpoints = float(prog.get("elapsed_s") or 0.0), int(prog["checkpoints"])
         lead = MiningState(taps, k, "cpu")
         summary = MiningSummary(db.out, db.path, config["device"], [t.name for t in taps],
                                 sum(t.units for t in taps), total, 0, errors, 0, 0.0, prog["status"])
         if prog["status"] == "finished":
             summary.done = int(prog["images_done"])
             summary.already_finished = True
-            summary.dead_units = driver._dead_units(db.load_state(taps, k))
+            summary.dead_units = driver._dead_units(snaps)
             report.message(str(summary))
             driver._check_error_rate(summary, max_error_rate)
             return summary
         if resumed:
-            lead.restore(db.load_state(taps, k), int(prog["next_batch"]))
-        shards = plan_shards(total, b, config["shard_images"], tar_ends(manifest))
+            lead.restore(snaps, int(prog["next_batch"]))
+        shards = plan_shards(total, b, config["shard_images"], tar_ends(manifest) if sample is None else None)
         # States recorded behind the checkpoint (a driver killed before it checkpointed them).
         waiting: dict[int, tuple[dict, object]] = {}
         for rec in recorded:
@@ -130,27 +151,44 @@ def _run(driver, pool: Pool, model, taps, pre, manifest, config: dict, out, repo
         report.set_label(pool.label())
         report.update(done, errors, force=True)
         try:
-            pool.start(model.serialized(), _job(model, config, pre, pool))
-            for item, result in pool.results(todo, MAX_ATTEMPTS, lambda: report.update(done + pool.in_hand(), errors)):
-                index, first, stop = item
-                records.record_shard(db.con, index, first, stop, result["images"], result["errors"],
-                                     result["state"], result["where"], pool.attempts[item], result["seconds"])
-                done += result["images"]
-                errors += len(result["errors"])
-                run.add(first, result["state"], result["images"])
-                report.set_label(pool.label())
-                report.update(done + pool.in_hand(), errors)
-                if max_error_rate is not None and errors > max_error_rate * total:
-                    status = "stopped"
-                    break
-            else:
-                status = "finished"
-            run.checkpoint(status)
-        except KeyboardInterrupt:
+            with graceful_stop() as stop:
+                pool.start(model.serialized(), _job(model, config, pre, pool, sample))
+                try:
+                    for item, result in pool.results(todo, MAX_ATTEMPTS,
+                                                     lambda: _tick(report, done + pool.in_hand(), errors, stop)):
+                        index, first, stop_batch = item
+                        records.record_shard(db.con, index, first, stop_batch, result["images"], result["errors"],
+                                             result["state"], result["where"], pool.attempts[item],
+                                             result["seconds"])
+                        done += result["images"]
+                        errors += len(result["errors"])
+                        run.add(first, result["state"], result["images"])
+                        report.set_label(pool.label())
+                        report.update(done + pool.in_hand(), errors)
+                        if max_error_rate is not None and errors > max_error_rate * total:
+                            status = "stopped"
+                            break
+                        if stop.signum is not None:
+                            break
+                    else:
+                        status = "finished"
+                except _Stopped:
+                    pass
+                run.checkpoint(status)
+            if stop.signum is not None and status == "running":
+                report.close()
+                raise Interrupted(stop.signum, f"interrupted by {stop.name}: {driver._safe(done, total, errors)} in "
+                                  f"{db.path} (finished shards); run the same command again to resume")
+        except Interrupted as exc:
+            if str(exc):
+                raise
             report.close()
-            run.checkpoint("running")
-            report.message(f"interrupted: finished shards are in {db.path}; run the same command again to resume")
-            raise
+            raise Interrupted(exc.signum, f"interrupted by {signal_name(exc.signum)} (twice): the finished shards "
+                              f"are in {db.path}; run the same command again to resume") from None
+        except KeyboardInterrupt:  # outside the signal handlers' reach (another thread installed them)
+            report.close()
+            raise Interrupted(2, f"interrupted: the finished shards are in {db.path}; run the same command again "
+                              "to resume") from None
         report.update(done, errors, force=True)
         report.close()
         summary.done, summary.errors, summary.status = done, errors, status
@@ -166,6 +204,16 @@ def _run(driver, pool: Pool, model, taps, pre, manifest, config: dict, out, repo
         return summary
     finally:
         db.close()
+
+
+class _Stopped(Exception):
+    """A signal arrived while the driver waited for shards."""
+
+
+def _tick(report, done: int, errors: int, stop) -> None:
+    report.update(done, errors)
+    if stop.signum is not None:
+        raise _Stopped
 
 
 class _Reduce:
@@ -206,8 +254,8 @@ class _Reduce:
         self.last, self.since = time.monotonic(), 0
 
 
-def _job(model, config: dict, pre, pool: Pool) -> dict:
-    return {"model_name": model.name, "layers": config["layers"], "top_k": config["top_k"], "pre": pre,
+def _job(model, config: dict, pre, pool: Pool, sample) -> dict:
+    return {"sample": sample, "model_name": model.name, "layers": config["layers"], "top_k": config["top_k"], "pre": pre,
             "dataset": config["dataset"], "fingerprint": config["dataset_fingerprint"],
             "batch_size": config["batch_size"], "device": pool.device, "heads": pool.heads,
             "threads": pool.threads, "workers": pool.decode_workers}

@@ -114,6 +114,8 @@ class Pool:
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayActorError as exc:
+                    if getattr(exc, "actor_init_failed", False):
+                        raise self.error(f"a worker could not be created: {_last_line(exc)}") from None
                     self._replace(slot, item, exc, max_attempts)
                     todo.appendleft(item)
                     free.append(slot)
@@ -151,8 +153,10 @@ class Pool:
             slot = self._ready.pop(ref)
             try:
                 info = ray.get(ref)
-            except ray.exceptions.RayActorError:
-                continue  # died while starting: its shard's task reports it and it is replaced
+            except ray.exceptions.RayActorError as exc:
+                if getattr(exc, "actor_init_failed", False):
+                    raise self.error(f"a worker could not be created: {_last_line(exc)}") from None
+                continue  # killed while starting: its shard's task reports it and it is replaced
             if info["failure"] is not None:
                 raise self.error(f"worker {info['where']} cannot start: {info['failure']}")
             self.alive.add(slot)
@@ -182,6 +186,12 @@ class Pool:
                 except Exception:  # already dead
                     pass
         self.actors, self.busy = [], {}
+
+
+def _last_line(exc: BaseException) -> str:
+    """The exception line at the end of a Ray error's text (its remote traceback comes first)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 def _one_line(exc: BaseException) -> str:

@@ -10,9 +10,11 @@ DIR's lock, hands out the layers still to do (largest first), and sums the marke
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import time
 
+from .._signals import interrupting
 from ..errors import ProjectionError
 from ._pool import Pool
 from ._ray import Cluster, parse_address
@@ -68,27 +70,37 @@ class LayerWorker:
             return {"failure": self.failure, "where": self.where}
         import numpy as np
 
+        from ..graph import UnsupportedOp
+        from ..projection import _pass
         from ..projection._images import ImageCache, scratch_path
         from ..projection._layer import LayerJob, project_layer
-        from ..projection._pass import _forward
 
         job = self.job
         topk, folder, config, paths = job["layers"][name]
         layer = self.model.layer(name)
+        # As projection._pass._run: a layer without a reverse plan still gets its patches (when it
+        # has a receptive field) and a marker saying why it has no reconstructions.
+        reason = _pass._unsupported(self.model, layer)
+        if reason is not None:
+            try:
+                layer.rf_size
+            except UnsupportedOp:
+                return {"projections": 0, "stale": [], "failed": [], "unsupported": reason, "where": self.where}
         ids = np.unique(topk.image_ids[topk.image_ids >= 0])
         cache = ImageCache(self.manifest, job["pre"], ids.tolist(), scratch_path(folder.parent), job["workers"],
                            thumbs=job["root"] / "images")
         projector = self.projector
         try:
             marker = project_layer(
-                LayerJob(layer, topk, folder, paths, config), cache, _forward(projector, layer),
-                lambda fwd, seeds: np.asarray(projector.project_boxes(fwd, layer=name, seeds=seeds), np.float32),
+                LayerJob(layer, topk, folder, paths, config), cache, _pass._forward(projector, layer),
+                None if reason else
+                (lambda fwd, seeds: np.asarray(projector.project_boxes(fwd, layer=name, seeds=seeds), np.float32)),
                 rtol=job["rtol"], max_seeds=job["batch_size"], max_images=job["max_images"],
-                save_arrays=job["save_arrays"], tick=lambda n: None)
+                save_arrays=job["save_arrays"], tick=lambda n: None, unsupported=reason)
         finally:
             cache.close()
         return {"projections": marker["projections"], "stale": marker["stale"], "failed": sorted(cache.failed),
-                "where": self.where}
+                "unsupported": reason, "where": self.where}
 
 
 def project(out_dir, *, ray: str, layers=None, model=None, device: str = "auto", mode: str = "deconvnet",
@@ -110,7 +122,8 @@ def project(out_dir, *, ray: str, layers=None, model=None, device: str = "auto",
     t0 = time.monotonic()
     address = parse_address(ray, ProjectionError)
     out = Path(out_dir)
-    with Cluster(address, ProjectionError, threads) as cluster:
+    cluster = Cluster(address, ProjectionError, threads)  # imports Ray (or says how to install it)
+    with contextlib.ExitStack() as stack:
         try:
             res = Results(out)
         except ResultsError as exc:
@@ -125,6 +138,7 @@ def project(out_dir, *, ray: str, layers=None, model=None, device: str = "auto",
                 model = _pass._model(res, model)
                 pre = Preprocess.from_dict(res.run["preprocess"])
                 chosen = _pass._layers(res, model, layers)
+                stack.enter_context(cluster)  # started once results.db and the model are known to be good
                 pool = Pool(cluster, address, device, threads, workers, verb="projecting", what="layer")
                 summary = _pass.ProjectionSummary(out, pool.device, mode)
                 jobs = {}
@@ -133,9 +147,11 @@ def project(out_dir, *, ray: str, layers=None, model=None, device: str = "auto",
                     config = {"model_sha256": model.sha256, "mode": mode, "topk_digest": topk.digest(), "rtol": rtol}
                     folder = out / _pass.PROJECTIONS / layer.slug
                     if not force and _pass._done(folder, config, save_arrays):
+                        done = json.loads((folder / _pass.MARKER).read_text())
                         summary.skipped.append(layer.name)
-                        summary.stale.extend({"layer": layer.name, **s}
-                                             for s in json.loads((folder / _pass.MARKER).read_text())["stale"])
+                        summary.stale.extend({"layer": layer.name, **s} for s in done["stale"])
+                        if done.get("unsupported"):
+                            summary.unsupported[layer.name] = done["unsupported"]
                     else:
                         ids = np.unique(topk.image_ids[topk.image_ids >= 0])
                         jobs[layer.name] = (topk, folder, config, res.paths(ids))
@@ -162,27 +178,41 @@ def project(out_dir, *, ray: str, layers=None, model=None, device: str = "auto",
             names = [layer.name for _, layer in chosen]
             done, failed, markers = 0, set(), {}
             try:
-                pool.start(model.serialized(), job, LayerWorker, "project_layer")
-                for (name, _), result in pool.results(collections.deque((n, n) for n in order), 3,
-                                                    lambda: bar.update(done)):
-                    markers[name] = result
-                    failed.update(result["failed"])
-                    done += int((jobs[name][0].image_ids >= 0).sum())
-                    bar.set_label(pool.label())
-                    bar.update(done)
-                bar.update(done, force=True)
+                with interrupting():  # SIGTERM too: finished layers stay, as in the single process
+                    pool.start(model.serialized(), job, LayerWorker, "project_layer")
+                    for (name, _), result in pool.results(collections.deque((n, n) for n in order), 3,
+                                                        lambda: bar.update(done)):
+                        markers[name] = result
+                        if result["unsupported"]:
+                            bar.message(f"{name}: cannot be projected: {result['unsupported']}")
+                        failed.update(result["failed"])
+                        done += int((jobs[name][0].image_ids >= 0).sum())
+                        bar.set_label(pool.label())
+                        bar.update(done)
+                    bar.update(done, force=True)
+            except KeyboardInterrupt as exc:
+                _sum_up(summary, names, markers)
+                raise _pass._interrupted(exc, out, summary) from None
             finally:
                 pool.close()
                 bar.close()
             all_ids = np.unique(np.concatenate([t.image_ids[t.image_ids >= 0] for t, *_ in jobs.values()]))
             summary.images = len(all_ids) - len(failed)
-            for name in names:  # the single process's order: the mined layers' order
-                if name in markers:
-                    summary.projected.append(name)
-                    summary.projections += markers[name]["projections"]
-                    summary.stale.extend({"layer": name, **s} for s in markers[name]["stale"])
+            _sum_up(summary, names, markers)
             summary.elapsed = time.monotonic() - t0
             return summary
         finally:
             if lock is not None:
                 unlock_folder(lock)
+
+
+def _sum_up(summary, names: list[str], markers: dict) -> None:
+    """The finished layers' markers into the summary, in the mined layers' order (the single
+    process's)."""
+    for name in names:
+        if name in markers and markers[name]["unsupported"]:
+            summary.unsupported[name] = markers[name]["unsupported"]
+        elif name in markers:
+            summary.projected.append(name)
+            summary.projections += markers[name]["projections"]
+            summary.stale.extend({"layer": name, **s} for s in markers[name]["stale"])

@@ -2,8 +2,10 @@
 is then one positioned read (os.pread), so workers read in parallel and nothing is extracted."""
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 import tarfile
 import threading
 from itertools import product
@@ -114,7 +116,11 @@ class ShardReader:
             with self._lock:
                 fd = self._fds.get(shard)
                 if fd is None:
-                    fd = os.open(self._shards[shard], os.O_RDONLY)
+                    # Checked regular when listed; O_NONBLOCK and fstat in case it was swapped for a FIFO since.
+                    fd = os.open(self._shards[shard], os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        os.close(fd)
+                        raise OSError(errno.EINVAL, "not a regular file any more")
                     self._fds[shard] = fd
         return fd
 

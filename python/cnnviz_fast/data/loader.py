@@ -15,12 +15,23 @@ At most `depth` batches are decoded ahead: with depth 1 the next batch is decode
 is asked for (all workers on it while the caller waits), with depth d > 1 up to d - 1 batches are
 decoded while the caller works on the current one. Memory is (depth + 1) batch buffers whatever
 the dataset size.
+
+The decode threads are daemons of the loader's own small pool, not a ThreadPoolExecutor's: an
+executor's shutdown, and the interpreter's exit, wait for every running task, so one read stuck in
+the kernel (a hung network mount) would hang Ctrl-C forever. `close()` cancels what has not
+started, waits up to `STOP_WAIT_S` for what is running, then leaves a stuck thread behind (it
+writes nowhere once the loader is closed) and says so on stderr.
 """
 from __future__ import annotations
 
 import collections
+import queue
+import signal
+import sys
+import threading
+import time
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -29,6 +40,8 @@ from PIL import Image
 
 from .decode import DecodeError, Preprocess, decode_into
 from .manifest import Manifest
+
+STOP_WAIT_S = 5.0  # how long close() waits for running decodes before leaving stuck threads behind
 
 
 @dataclass
@@ -97,7 +110,8 @@ class BatchLoader:
         shape, dtype = ((batch_size, 3, h, w), np.float32) if layout == "float" else ((batch_size, h, w, 3), np.uint8)
         alloc = allocate or np.empty
         self._free = [alloc(shape, dtype) for _ in range(self.depth + 1)]
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cnnviz-decode")
+        self._closed = False
+        self._pool = _DecodePool(self.workers, "cnnviz-decode")
 
     def __enter__(self) -> "BatchLoader":
         return self
@@ -106,7 +120,14 @@ class BatchLoader:
         self.close()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the decode threads (see the module docstring); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        stuck = self._pool.shutdown(STOP_WAIT_S)
+        if stuck:
+            print(f"cnnviz-fast: {stuck} decode thread{'s' if stuck > 1 else ''} still blocked reading a file "
+                  f"after {STOP_WAIT_S:g} s (a hung file system?); left behind", file=sys.stderr)
 
     def batch_numbers(self) -> list[int]:
         """The numbers of the batches this loader yields, in order."""
@@ -143,6 +164,9 @@ class BatchLoader:
         with warnings.catch_warnings():
             # Images over Pillow's bomb limit are refused with a recorded reason; its warning is noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow's notes on damaged files ("Tag data larger than file") would flood the terminal;
+            # an image that cannot be used gets its reason in the errors instead.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             yield from self._batches(self._plan())
 
     def _batches(self, plan) -> Iterator[Batch]:
@@ -174,7 +198,10 @@ class BatchLoader:
 
     def _decode_one(self, image_id: int, out: np.ndarray) -> str | None:
         try:
-            decode_into(self.manifest.read(image_id), self.pre, out, self._tables)
+            data = self.manifest.read(image_id)
+            if self._closed:  # a read that outlived close(): its buffer may be gone
+                return "loader closed"
+            decode_into(data, self.pre, out, self._tables)
         except DecodeError as exc:
             return str(exc)
         except Exception as exc:  # a decoder bug must cost one image, not the run
@@ -183,7 +210,7 @@ class BatchLoader:
 
     def _collect(self, index: int, start: int, stop: int, ids: np.ndarray, buf: np.ndarray,
                  futures: list[Future]) -> Batch:
-        reasons = [f.result() for f in futures]
+        reasons = [_result(f) for f in futures]
         good = [k for k, r in enumerate(reasons) if r is None]
         errors = [(int(ids[k]), self.manifest.path(int(ids[k])), r) for k, r in enumerate(reasons) if r is not None]
         n = len(good)
@@ -206,3 +233,62 @@ def _requested(ids, n: int) -> range | np.ndarray:
     if len(arr) and (arr[0] < 0 or arr[-1] >= n):
         raise ValueError(f"image ids must be in 0..{n - 1}, got {int(arr[0])}..{int(arr[-1])}")
     return arr
+
+
+def _result(future: Future):
+    """future.result(), waiting in slices: a signal caught by another thread (ONNX Runtime's) does
+    not interrupt a wait, but the main thread runs Python's handlers between two slices."""
+    while True:
+        try:
+            return future.result(timeout=0.25)
+        except FutureTimeout:
+            continue
+
+
+class _DecodePool:
+    """`workers` daemon threads running submitted calls; `submit` returns a `Future`."""
+
+    def __init__(self, workers: int, name: str):
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._tasks.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        # A signal the kernel hands to a decode thread would not wake the main thread's wait;
+        # blocked here, SIGINT and SIGTERM go to the main thread, which raises or stops.
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        while True:
+            task = self._tasks.get()
+            if task is None:
+                return
+            future, fn, args = task
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # handed to the caller through the future
+                future.set_exception(exc)
+
+    def shutdown(self, wait_s: float) -> int:
+        """Cancel the queued calls, let the threads finish their current one for up to `wait_s`
+        seconds in all; the number of threads still running."""
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task[0].cancel()
+        for _ in self._threads:
+            self._tasks.put(None)
+        deadline = time.monotonic() + wait_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return sum(t.is_alive() for t in self._threads)

@@ -176,10 +176,8 @@ def _spatial_inputs(idx: GraphIndex, i: int) -> list[str]:
     """Distinct image inputs of node i that carry maps of its output's full spatial size."""
     out = idx.spatial(idx.nodes[i].output[0])
     data = list(dict.fromkeys(idx.data_inputs(i)))
-    if out is None:
+    if out is None or out == (1, 1):
         return data
-    if out == (1, 1):
-        return []
     return [t for t in data if idx.spatial(t) in (out, None)]
 
 
@@ -216,13 +214,24 @@ def block_layers(idx: GraphIndex) -> list[tuple[str, str]] | None:
     if not joins:
         return None
 
+    # Which child scopes each scope has, and whether each holds a Conv.
+    children: dict[tuple, dict[str, bool]] = {}
+    for i, path in paths.items():
+        conv = idx.nodes[i].op_type in _CONV
+        for d in range(len(path)):
+            kids = children.setdefault(tuple(path[:d]), {})
+            kids[path[d]] = kids.get(path[d], False) or conv
+
     def is_container(prefix: tuple) -> bool:
         if prefix in containers:
             return True
+        # `X.<i>` beside a container `X.<j>`, holding Conv blocks only (timm's one-block stages),
+        # not a stem or downsampling Sequential of a norm and a conv.
         m = _INDEXED.match(prefix[-1]) if prefix else None
-        return bool(m) and any(len(c) == len(prefix) and c[:-1] == prefix[:-1] and
-                               (mc := _INDEXED.match(c[-1])) is not None and mc.group(1) == m.group(1)
-                               for c in containers)
+        kids = children.get(prefix, {})
+        return bool(m) and bool(kids) and all(kids.values()) and any(
+            len(c) == len(prefix) and c[:-1] == prefix[:-1] and
+            (mc := _INDEXED.match(c[-1])) is not None and mc.group(1) == m.group(1) for c in containers)
 
     def key(path: list[str]):
         if not path:

@@ -1,4 +1,5 @@
-"""Layers (tapped tensors): discovery from metadata or the graph, names, receptive-field boxes."""
+"""Layers (tapped tensors): discovery from metadata or the graph (chains here, blocks and
+activations of other nets in `_blocks`), names, receptive-field boxes."""
 from __future__ import annotations
 
 import re
@@ -20,8 +21,9 @@ _BETWEEN = {"BatchNormalization", "Add", "Sub", "Mul", "Div", "Identity", "Dropo
 class Layer:
     """A tapped tensor and the geometry of its units.
 
-    `name` is the layer's name (zoo: conv1…, fc6…; foreign: the ReLU node's name, or its output
-    tensor's when the node has none); `tensor` the ONNX tensor; `kind` "conv" or "fc"; `units`
+    `name` is the layer's name (zoo: conv1…, fc6…, layer1.0…; a foreign chain: the activation
+    node's name, or its output tensor's when the node has none; other nets: the module path of
+    the block or activation, e.g. `layer1.0`, `features.denseblock1.denselayer1.relu1`); `tensor` the ONNX tensor; `kind` "conv" or "fc"; `units`
     the channel count C; `map_shape` (H, W) at the model's input size ((1, 1) for fc layers);
     `input_hw` the model input's (H, W). Receptive fields per axis (h, w): `rf_size` R, `rf_stride`
     (the jump between neighbouring positions, in input pixels) and `rf_start` (input coordinate of

@@ -45,8 +45,9 @@ def load_file(path: Path) -> Loaded:
     sha = hashlib.sha256(raw).hexdigest()
     try:
         proto = onnx.load_model_from_string(raw)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-            onnx.load_external_data_for_model(proto, str(path.parent))
+        # Every tensor, Constant attributes and subgraphs included (not only initializers): any
+        # external data is read from the model's folder, and onnx refuses a location outside it.
+        onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-ish errors vary by version
         raise InvalidModel(f"{path} is not a readable ONNX model: {exc}") from None
     del raw

@@ -147,6 +147,12 @@ def _through(idx: GraphIndex, i: int, names: list[str], ins: list[Field], whole:
                 and rank - 1 not in f.axes:
             return f  # a Linear on channels-last maps: positions stay apart
         return whole
+    if op == "Split":
+        if _axis(idx, i, node.input[0], default=0) in f.axes:
+            return Blocked(name, op, "split along a spatial axis")
+        return f
+    if op == "Slice":
+        return _sliced(idx, i, f, name)
     if op in _GLOBAL:
         return whole
     if op in _REDUCE:
@@ -155,8 +161,39 @@ def _through(idx: GraphIndex, i: int, names: list[str], ins: list[Field], whole:
         a, b = idx.shape(node.input[0]), idx.shape(node.output[0])
         if a is not None and b is not None and len(a) == len(b) == 4 and a[1:] == b[1:]:
             return f
+        # H, W the trailing axes on both sides (row-major: they keep their indices), e.g. the
+        # channel shuffle [N, C, H, W] -> [N, g, C/g, H, W] -> ... -> [N, C, H, W]
+        if (a is not None and b is not None and len(b) >= 3 and f.axes == (len(a) - 2, len(a) - 1)
+                and all(isinstance(d, int) for d in (*a[-2:], *b[-2:])) and tuple(a[-2:]) == tuple(b[-2:])):
+            return replace(f, axes=(len(b) - 2, len(b) - 1))
         return whole
     return Blocked(name, op, "not a known spatial op")
+
+
+def _sliced(idx: GraphIndex, i: int, f: Field, name: str) -> Field | Blocked:
+    """Slice (opset >= 10) over channels keeps the field; over H or W with step 1 it moves it."""
+    node = idx.nodes[i]
+    vals = [idx.constant(t) if k < len(node.input) and node.input[k] else None
+            for k, t in enumerate(list(node.input) + [""] * (5 - len(node.input)))][1:5]
+    starts, _, axes, steps = vals
+    rank = len(idx.shape(node.input[0]) or ())
+    if not rank or (len(node.input) > 3 and node.input[3] and axes is None):
+        return Blocked(name, "Slice", "axes are not constant")
+    if axes is not None and not {int(v) % rank for v in np.asarray(axes).ravel()} & set(f.axes):
+        return f  # channels only (x.chunk(2, dim=1)): where it starts does not matter
+    if starts is None:
+        return Blocked(name, "Slice", "starts are not constant")
+    starts = [int(v) for v in np.asarray(starts).ravel()]
+    axes = list(range(len(starts))) if axes is None else [int(v) % rank for v in np.asarray(axes).ravel()]
+    steps = [1] * len(starts) if steps is None else [int(v) for v in np.asarray(steps).ravel()]
+    start = list(f.start)
+    for ax, s0, st in zip(axes, starts, steps):
+        if ax in f.axes:
+            if st != 1 or s0 < 0:
+                return Blocked(name, "Slice", "a strided or negative slice along a spatial axis")
+            a = f.axes.index(ax)
+            start[a] += s0 * f.jump[a]
+    return replace(f, start=tuple(start))
 
 
 def _without_gates(idx: GraphIndex, i: int, names: list[str], ins: list[Field]) -> list[Field]:

@@ -1,8 +1,10 @@
 """`Model`: an ONNX CNN as cnnviz_fast sees it — layers, receptive fields, mining and reverse graphs.
 
-    model = Model.load("zfnet", weights="zfnet.pth")      # or an .onnx path, or "demo"
-    model.layers                                          # default taps: ReLU after each Conv
-    model.taps("all")                                     # ... plus the fully connected ReLUs
+    model = Model.load("zfnet", weights="zfnet.pth")      # or an .onnx path, "demo", "resnet50"
+    model = Model.load("keras.onnx", preprocess={"scale": 1.0, "mean": [0, 0, 0], "std": [1, 1, 1]})
+    model = Model.from_torch(torchvision.models.resnet18(), input_size=(3, 224, 224))
+    model.layers                                          # default taps (see `taps`)
+    model.taps("all")                                     # ... plus every activation
     model.mining_graph(model.layers)                      # ONNX: <layer>:max / <layer>:argmax
     plan = model.reverse_plan("conv3")                    # deconvnet steps back to the pixels
 """
@@ -66,8 +68,9 @@ class Model:
         self.labels: list[str] | None = meta.get("labels")
         self.info: dict[str, Any] = dict(meta.get("info") or {})
         self._index = GraphIndex(self.proto, self.input_name)
-        self._fields = receptive_fields(self._index, self.input_size[1:])
         self._shapes: dict[str, tuple] = {}
+        self._complete_shapes()
+        self._fields = receptive_fields(self._index, self.input_size[1:])
         self.all_layers: list[Layer]
         self.layers: list[Layer]
         self.all_layers, self.layers = discover(self._index, meta.get("layers"), self._fields, self._shape_of)
@@ -123,8 +126,14 @@ class Model:
         return self.taps([name])[0]
 
     def taps(self, spec: str | Sequence[str | Layer] | None = None) -> list[Layer]:
-        """Layers for a spec: None / "default" (ReLU after each Conv), "all" (plus the fully
-        connected ReLUs), a comma-separated string, or names (layer names or raw tensor names)."""
+        """Layers for a spec: None / "default", "all", a comma-separated string, or names (layer
+        names or raw tensor names).
+
+        Default: the file's `cnnviz.layers` conv layers; else for a chain CNN the activation after
+        each Conv (ReLU, or SiLU, HardSwish, GELU, ...); else the blocks named after the module
+        paths (`layer1.0`, `features.denseblock1`, `inception3a`, `blocks.2.1`,
+        `stages.1.blocks.0`; see `graph._blocks`). "all": plus the fully connected activations
+        (chains) or every activation (other nets)."""
         if spec is None or spec == "default":
             return list(self.layers)
         if spec == "all":
@@ -204,6 +213,21 @@ class Model:
             names.append(extra.name)
         return names
 
+    def _complete_shapes(self) -> None:
+        """Shapes that inference left symbolic (a Reshape to a target computed from Shape, as
+        ShuffleNet's channel shuffle exports) from one ONNX Runtime run at batch 1, so that
+        layers, blocks and receptive fields see them."""
+        idx = self._index
+        unknown = [t for t in idx.data if t != self.input_name and not _known(idx.shape(t))]
+        if not unknown:
+            return
+        try:
+            found = _run_shapes(self, unknown)
+        except Exception:  # ORT cannot run it here: layers fall back to what inference knows
+            return
+        idx.shapes.update(found)
+        self._shapes.update(found)
+
     def _shape_of(self, tensor: str) -> tuple:
         shape = self._index.shape(tensor)
         if shape is not None and len(shape) >= 2 and all(isinstance(d, int) for d in shape[1:]):
@@ -211,6 +235,10 @@ class Model:
         if tensor not in self._shapes:
             self._shapes.update(_run_shapes(self, [tensor]))
         return self._shapes[tensor]
+
+
+def _known(shape: tuple | None) -> bool:
+    return shape is not None and all(isinstance(d, int) for d in shape[1:])
 
 
 def _kind_of(shape: tuple) -> str:

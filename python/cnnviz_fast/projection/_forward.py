@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..graph import Unpool
+from ..graph import UnsupportedOp, Unpool
 
 
 class Forward:
@@ -76,12 +76,18 @@ def forward_graphs(model, layers: list, mode: str) -> list[tuple[onnx.ModelProto
     """Forward graphs (with their outputs) covering every tensor the plans of `layers` read in
     `mode` (`ReversePlan.forward_tensors`).
 
-    For a chain CNN one graph does: the deepest layer's projection graph computes every earlier
+    A layer without a reverse plan gets its tapped tensor only. For a chain CNN one graph does: the deepest layer's projection graph computes every earlier
     layer's tensors too, which are added as outputs. Layers it does not cover get their own. Each
     graph's outputs are exactly the tensors asked for.
     """
-    needs = {layer.name: model.reverse_plan(layer).forward_tensors(mode) for layer in layers}
-    protos = {layer.name: model.projection_graph(layer) for layer in layers}
+    needs, protos = {}, {}
+    for layer in layers:
+        try:
+            needs[layer.name] = model.reverse_plan(layer).forward_tensors(mode)
+            protos[layer.name] = model.projection_graph(layer)
+        except UnsupportedOp:  # no projection: the tapped values alone (patches, checks)
+            needs[layer.name] = [layer.tensor]
+            protos[layer.name] = model.mining_graph([layer], heads="native")
     pending = sorted(layers, key=lambda layer: -len(protos[layer.name].graph.node))
     graphs = []
     while pending:

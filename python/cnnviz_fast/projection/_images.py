@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..data import BatchLoader, Manifest, Preprocess
 from ..render import save_jpeg
+from ._disk import memmap
 
 THUMB_SIDE = 192
 BATCH = 64  # images per loader batch: enough to keep every decode thread busy
@@ -38,8 +39,7 @@ class ImageCache:
         _, h, w = pre.shape
         scratch.parent.mkdir(parents=True, exist_ok=True)
         self._scratch = scratch
-        self.crops = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8,
-                                               shape=(max(len(self.ids), 1), h, w, 3))
+        self.crops = memmap(scratch, np.uint8, (max(len(self.ids), 1), h, w, 3))  # space reserved (_disk.py)
         self._tables = pre.tables()
         self._src = (2, 1, 0) if pre.channel_order == "BGR" else (0, 1, 2)
         if thumbs is not None:

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 
 from .. import render
+from ._disk import memmap
 from ._images import ImageCache
 from ..results import TopK
 
@@ -56,12 +57,15 @@ def chunks(pairs: list[tuple[int, int]], topk: TopK, max_seeds: int, max_images:
 
 
 def project_layer(job: LayerJob, cache: ImageCache, forward: Callable[[np.ndarray], tuple],
-                  reconstruct: Callable[[object, list], np.ndarray], *, rtol: float, max_seeds: int,
-                  max_images: int, save_arrays: bool, tick: Callable[[int], None]) -> dict:
+                  reconstruct: Callable[[object, list], np.ndarray] | None, *, rtol: float, max_seeds: int,
+                  max_images: int, save_arrays: bool, tick: Callable[[int], None],
+                  unsupported: str | None = None) -> dict:
     """Project every filled (unit, rank) of `job`; returns the marker written to the folder.
 
     forward(x) runs a float32 batch forward once: (state, tapped tensor [n, C, h, w] or [n, C]);
-    reconstruct(state, seeds) gives float32 [S, 3, R, R] boxes for seeds (n, c, y, x).
+    reconstruct(state, seeds) gives float32 [S, 3, R, R] boxes for seeds (n, c, y, x). A layer the
+    reverse plan cannot invert has reconstruct None and `unsupported` the reason: its patches are
+    still cut, its reconstructions are left zero (mid grey), the marker records the reason.
     """
     t0 = time.monotonic()
     layer, topk, folder = job.layer, job.topk, job.folder
@@ -72,10 +76,9 @@ def project_layer(job: LayerJob, cache: ImageCache, forward: Callable[[np.ndarra
     status = np.zeros((units, k), np.int8)
     recomputed = np.full((units, k), np.nan)
     stale: list[dict] = []
-    tiles = {kind: np.lib.format.open_memmap(folder / f".{kind}.{os.getpid()}.npy", mode="w+", dtype=np.uint8,
-                                             shape=(units, k, rh, rw, 3)) for kind in ("recon", "patch")}
-    arrays = {kind: np.lib.format.open_memmap(folder / f".{kind}.f16.{os.getpid()}.npy", mode="w+",
-                                              dtype=np.float16, shape=(units, k, 3, rh, rw))
+    tiles = {kind: memmap(folder / f".{kind}.{os.getpid()}.npy", np.uint8, (units, k, rh, rw, 3))
+             for kind in ("recon", "patch")}  # space reserved: a full disk is an error, not a SIGBUS
+    arrays = {kind: memmap(folder / f".{kind}.f16.{os.getpid()}.npy", np.float16, (units, k, 3, rh, rw))
               for kind in ("recon", "patches")} if save_arrays else {}
     pre = cache.pre
 
@@ -115,7 +118,7 @@ def project_layer(job: LayerJob, cache: ImageCache, forward: Callable[[np.ndarra
             seeds.append((n, unit, y, xx))
             keep.append((unit, rank))
         if seeds:
-            boxes = reconstruct(state, seeds)
+            boxes = reconstruct(state, seeds) if reconstruct is not None else np.zeros((len(seeds), 3, rh, rw))
             for (n, unit, y, xx), (_, rank), r in zip(seeds, keep, boxes):
                 box = layer.receptive_field(y, xx)
                 patch = render.cut(x[n], box)
@@ -144,7 +147,8 @@ def project_layer(job: LayerJob, cache: ImageCache, forward: Callable[[np.ndarra
         "rf_stride": list(layer.rf_stride), "rf_start": list(layer.rf_start), "map_shape": list(layer.map_shape),
         "grid": {"cols": _cols(k), "pad": 1}, "files": files, "arrays": save_arrays,
         "status": status.tolist(), "boxes": _boxes(layer, topk), "recomputed": [[None if np.isnan(v) else v for v in row] for row in recomputed.tolist()],
-        "stale": stale, "projections": int((status == OK).sum()), "elapsed_s": round(time.monotonic() - t0, 3),
+        "stale": stale, "unsupported": unsupported,
+        "projections": 0 if unsupported else int((status == OK).sum()), "elapsed_s": round(time.monotonic() - t0, 3),
     }
     tmp = folder / f".{MARKER}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(marker))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,9 @@ from .._progress import Progress
 from ..data import Preprocess, default_workers, open_manifest
 from ._images import ImageCache, scratch_path
 from ._layer import MARKER, LayerJob, project_layer
-from ..errors import CnnvizError, ProjectionError, ResultsError
+from ..errors import CnnvizError, Interrupted, ProjectionError, ResultsError
+from .._signals import interrupting, signal_name
+from ..graph import UnsupportedOp
 from ..results import Results, load_mined_model
 
 PROJECTIONS = "projections"
@@ -36,6 +39,7 @@ class ProjectionSummary:
     projections: int = 0
     images: int = 0
     stale: list[dict] = field(default_factory=list)
+    unsupported: dict[str, str] = field(default_factory=dict)
     elapsed: float = 0.0
 
     def __str__(self) -> str:
@@ -44,6 +48,8 @@ class ProjectionSummary:
                  f"({self.mode}, {self.device})"]
         if self.skipped:
             lines.append(f"already done: {', '.join(self.skipped)}")
+        for name, reason in self.unsupported.items():
+            lines.append(f"cannot be projected: {name}: {reason}")
         if self.stale:
             lines.append(f"STALE: {len(self.stale)} top-k entr{'y' if len(self.stale) == 1 else 'ies'} no longer "
                          "match results.db (drawn as red hatching, listed in the report), e.g.")
@@ -59,7 +65,7 @@ class ProjectionSummary:
 def project(out_dir: str | os.PathLike, *, layers: str | Sequence[str] | None = None, model=None,
             device: str = "auto", mode: str = "deconvnet", save_arrays: bool = False, force: bool = False,
             rtol: float = 1e-4, batch_size: int = 256, max_images: int = 64, workers: int | None = None,
-            progress: str = "auto", stream: TextIO | None = None) -> ProjectionSummary:
+            progress: str = "auto", stream: TextIO | None = None, ray: str | None = None) -> ProjectionSummary:
     """Project every top-k entry of `out_dir/results.db` back to pixels; write `out_dir/projections/`.
 
     Per layer folder: `unit_NNNN_recon.png` / `unit_NNNN_patches.png` (k-sized grids, rank 0 top
@@ -72,7 +78,15 @@ def project(out_dir: str | os.PathLike, *, layers: str | Sequence[str] | None = 
     entries that differ are not drawn but listed in `ProjectionSummary.stale`. model: None (the
     file recorded in results.db), a path, or a `cnnviz_fast.Model`; it must be the mined model.
     batch_size: seeds per projector call; max_images: images per forward.
+    ray: spread the layers over a Ray cluster ("local:N", "auto", "ray://host:port";
+    `cnnviz_fast.cluster`), with the same outputs.
     """
+    if ray is not None:
+        from ..cluster import project as cluster_project
+
+        return cluster_project(out_dir, ray=ray, layers=layers, model=model, device=device, mode=mode,
+                               save_arrays=save_arrays, force=force, rtol=rtol, batch_size=batch_size,
+                               max_images=max_images, workers=workers, progress=progress, stream=stream)
     t0 = time.monotonic()
     out = Path(out_dir)
     try:
@@ -84,7 +98,7 @@ def project(out_dir: str | os.PathLike, *, layers: str | Sequence[str] | None = 
     except BaseException:
         res.close()
         raise
-    manifest = None
+    manifest = summary = None
     try:
         with res:
             if res.status != "finished":
@@ -106,9 +120,11 @@ def project(out_dir: str | os.PathLike, *, layers: str | Sequence[str] | None = 
                 config = {"model_sha256": model.sha256, "mode": mode, "topk_digest": topk.digest(), "rtol": rtol}
                 folder = out / PROJECTIONS / layer.slug
                 if not force and _done(folder, config, save_arrays):
+                    done = json.loads((folder / MARKER).read_text())
                     summary.skipped.append(layer.name)
-                    summary.stale.extend({"layer": layer.name, **s}
-                                         for s in json.loads((folder / MARKER).read_text())["stale"])
+                    summary.stale.extend({"layer": layer.name, **s} for s in done["stale"])
+                    if done.get("unsupported"):
+                        summary.unsupported[layer.name] = done["unsupported"]
                 else:
                     jobs.append((layer, topk, folder, config))
             if not jobs:
@@ -117,13 +133,26 @@ def project(out_dir: str | os.PathLike, *, layers: str | Sequence[str] | None = 
             manifest = _manifest(res)
             ids = np.unique(np.concatenate([t.image_ids[t.image_ids >= 0] for _, t, _, _ in jobs]))
             paths = res.paths(ids)
-        return _run(jobs, ids, paths, model, manifest, pre, projector, summary, out / PROJECTIONS, t0, rtol=rtol,
-                    batch_size=batch_size, max_images=max_images, save_arrays=save_arrays, workers=workers,
-                    progress=progress, stream=stream)
+        with interrupting():  # SIGTERM too: finished layers stay, one line says so (`_interrupted`)
+            return _run(jobs, ids, paths, model, manifest, pre, projector, summary, out / PROJECTIONS, t0,
+                        rtol=rtol, batch_size=batch_size, max_images=max_images, save_arrays=save_arrays,
+                        workers=workers, progress=progress, stream=stream)
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, out, summary) from None
     finally:
         if manifest is not None:
             manifest.close()
         unlock_folder(lock)
+
+
+def _interrupted(exc: KeyboardInterrupt, out: Path, summary: ProjectionSummary | None) -> Interrupted:
+    """The one line for a projection stopped by SIGINT/SIGTERM: the layers whose marker is
+    written are complete and kept; a later `project` skips them and does the rest."""
+    signum = getattr(exc, "signum", signal.SIGINT)
+    done = summary.projected + summary.skipped if summary is not None else []
+    kept = f"{len(done)} layer(s) done and kept ({', '.join(done)})" if done else "no layer was finished yet"
+    return Interrupted(signum, f"interrupted by {signal_name(signum)}: {kept} in {out / PROJECTIONS}; run "
+                               f"`cnnviz-fast project {out}` again to do the rest")
 
 
 def _run(jobs, ids, paths, model, manifest, pre, projector, summary: ProjectionSummary, root: Path, t0: float, *,
@@ -141,11 +170,24 @@ def _run(jobs, ids, paths, model, manifest, pre, projector, summary: ProjectionS
     try:
         for layer, topk, folder, config in jobs:
             bar.set_label(f"projecting {layer.name}")
+            reason = _unsupported(model, layer)
+            if reason is not None:
+                summary.unsupported[layer.name] = reason
+                bar.message(f"{layer.name}: cannot be projected: {reason}")
+                try:
+                    layer.rf_size
+                except UnsupportedOp:  # no receptive field either: no patches to cut
+                    bar.advance(int((topk.image_ids >= 0).sum()))
+                    continue
             marker = project_layer(
                 LayerJob(layer, topk, folder, paths, config), cache, _forward(projector, layer),
-                lambda fwd, seeds, name=layer.name: np.asarray(projector.project_boxes(fwd, layer=name, seeds=seeds),
-                                                               np.float32),
-                rtol=rtol, max_seeds=batch_size, max_images=max_images, save_arrays=save_arrays, tick=bar.advance)
+                None if reason else
+                (lambda fwd, seeds, name=layer.name: np.asarray(projector.project_boxes(fwd, layer=name, seeds=seeds),
+                                                                np.float32)),
+                rtol=rtol, max_seeds=batch_size, max_images=max_images, save_arrays=save_arrays, tick=bar.advance,
+                unsupported=reason)
+            if reason is not None:
+                continue
             summary.projected.append(layer.name)
             summary.projections += marker["projections"]
             summary.stale.extend({"layer": layer.name, **s} for s in marker["stale"])
@@ -156,13 +198,23 @@ def _run(jobs, ids, paths, model, manifest, pre, projector, summary: ProjectionS
     return summary
 
 
+def _unsupported(model, layer) -> str | None:
+    """None when `layer`'s reverse plan exists, else one line: node, op and reason."""
+    try:
+        model.reverse_plan(layer)
+    except UnsupportedOp as exc:
+        return f'node "{exc.node}" ({exc.op_type}): {exc.reason or "no adjoint for this op"}'
+    return None
+
+
 def _lock(out: Path) -> int:
     """Hold DIR/.lock (the miner's lock file) while projecting: no miner and no second projection
     may write to the folder meanwhile."""
     try:
-        return lock_folder(out)
+        return lock_folder(out, "projecting")
     except FolderBusy as busy:
-        raise ProjectionError(f"{out} is in use by another cnnviz-fast process{busy.who}; wait for it to finish") from None
+        raise ProjectionError(f"{out} is {busy.doing} by another cnnviz-fast process{busy.who}; wait for it to "
+                              "finish") from None
 
 
 def _done(folder: Path, config: dict, save_arrays: bool) -> bool:

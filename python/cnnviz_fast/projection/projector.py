@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..graph import Layer, MODES
+from ..graph import Layer, MODES, Model
 from ._device import Device, resolve_device
 from ._execute import run_pass
 from ._forward import Forward, forward_graphs
@@ -32,6 +32,9 @@ _BATCH_BYTES = {"cpu": 192 << 20, "cuda": 2 << 30}
 
 class Projector:
     """Deconvnet ("deconvnet"), guided backprop ("guided") or plain gradient ("gradient") projections.
+
+    `model`: a `cnnviz_fast.Model`, or what `Model.load` accepts without weights (an .onnx path,
+    "demo").
 
     `device`: "auto" (CUDA only when the native build, a GPU and ONNX Runtime's CUDA EP are all
     there), "cpu" or "cuda" (raises `DeviceUnavailable` saying why when it cannot run).
@@ -48,7 +51,9 @@ class Projector:
             from .. import _C
 
             _C.set_num_threads(int(threads))
-        self.model = model
+        # A name or path is loaded as Model.load loads it ("demo", "zoo:zfnet" needs weights: load it
+        # with Model.load and pass the Model).
+        self.model = model if isinstance(model, Model) else Model.load(model)
         self.mode = mode
         self.windowed = windowed
         self.batch = batch

@@ -26,25 +26,28 @@ from pathlib import Path
 import numpy as np
 
 from .. import render
-from ..projection import PROJECTIONS
+from ..projection import MARKER, PROJECTIONS
 from ..results import Results
-from ._data import RunView, first_conv_weights, gather
+from ._data import RunView, first_conv_weights, gather, slug
+from ._integrity import cleans_up
 from ._html import CSS, SCRIPT
 from ._pages import index_page, layer_page, unit_page
 
-__all__ = ["report", "write_report"]
+__all__ = ["report", "write_report", "unprojected_layers"]
 
 MONTAGE_UNITS = 16
 
 
-def report(out_dir: str | os.PathLike, *, montage_units: int = MONTAGE_UNITS, seed: int = 0) -> Path:
+@cleans_up  # integrity: a failed write leaves no temporary folder and says why (reporting/_integrity.py)
+def report(out_dir: str | os.PathLike, *, montage_units: int = MONTAGE_UNITS, seed: int = 0,
+           relative_paths: bool = False) -> Path:
     """Write `out_dir/report/` from results.db and projections/; returns the index.html path.
 
     montage_units: units per layer montage, drawn at random with `seed` (the same every time).
     Layers not projected yet still get their pages (statistics, top-k values and paths).
     """
     out = Path(out_dir)
-    run = gather(out)
+    run = gather(out, relative_paths)  # relative_paths: image paths relative to the dataset root
     hists = _histograms(out, run)
     final = out / "report"
     tmp = out / f".report.{os.getpid()}.tmp"
@@ -72,6 +75,14 @@ def report(out_dir: str | os.PathLike, *, montage_units: int = MONTAGE_UNITS, se
 
 
 write_report = report
+
+
+def unprojected_layers(out_dir: str | os.PathLike) -> list[str]:
+    """The mined layers of `out_dir` that have no finished projection (`cnnviz-fast project` not
+    run, or not finished): their report pages hold statistics and paths but no pictures."""
+    out = Path(out_dir)
+    with Results(out) as res:
+        return [info.name for info in res.layers() if not (out / PROJECTIONS / slug(info.name) / MARKER).is_file()]
 
 
 def render_css() -> str:

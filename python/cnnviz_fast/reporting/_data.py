@@ -11,6 +11,7 @@ import numpy as np
 
 from ..projection import MARKER, PROJECTIONS
 from ..results import LayerInfo, MinedModelError, Results, TopK, load_mined_model
+from ._integrity import dataset_root, neutral, neutral_deep, relative, stale_reason
 
 
 @dataclass
@@ -23,6 +24,7 @@ class LayerView:
     stats: list[dict]
     marker: dict | None
     rf: dict = field(default_factory=dict)   # size, stride, start (lists), or empty when unknown
+    stale_projection: str | None = None      # why projections/<slug>/ was left out (another top-k or model)
 
     @property
     def name(self) -> str:
@@ -76,6 +78,7 @@ class RunView:
     model_note: str
     input_hw: tuple[int, int]
     thumbs: dict[int, str] = field(default_factory=dict)  # image_id -> path inside report/
+    progress: dict = field(default_factory=dict)          # the miner's progress rows (status, images_done)
 
 
 def slug(name: str) -> str:
@@ -83,19 +86,52 @@ def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "layer"
 
 
-def gather(out: Path) -> RunView:
+def gather(out: Path, relative_paths: bool = False) -> RunView:
+    """Everything the pages show. Names from the file system come with their bidirectional-control
+    characters neutralised; `relative_paths`: image paths relative to the dataset root, and the
+    dataset and model given by their last component only (a report to share)."""
     with Results(out) as res:
-        run, counts, errors = res.run, res.counts(), res.errors()
+        run, counts, errors, progress = res.run, res.counts(), res.errors(), res.progress
         model, note = _model(res)
         views = []
         for info in res.layers():
             s = slug(info.name)
             marker = _marker(out / PROJECTIONS / s)
-            views.append(LayerView(info, s, res.topk(info), res.unit_stats(info), marker, _rf(model, info, marker)))
+            topk = res.topk(info)
+            why = stale_reason(marker, topk.digest(), run.get("model_sha256")) if marker else None
+            if why:  # never show another run's pictures beside this run's paths
+                marker = None
+            views.append(LayerView(info, s, topk, res.unit_stats(info), marker, _rf(model, info, marker), why))
         ids = np.unique(np.concatenate([v.topk.image_ids.ravel() for v in views] or [np.zeros(0, np.int64)]))
         paths = res.paths(ids)
+    if relative_paths:
+        root = dataset_root(run.get("dataset"))
+        paths = {i: relative(p, root) for i, p in paths.items()}
+        errors = [(i, relative(p, root), reason.replace(str(root), ".") if root else reason)
+                  for i, p, reason in errors]
+        run = _shared_run(run)
+    paths = {i: neutral(p) for i, p in paths.items()}
+    errors = [(i, neutral(p), neutral(reason)) for i, p, reason in errors]
     size = run.get("input_size") or [3, *((run.get("preprocess") or {}).get("crop") or [0, 0])]
-    return RunView(out, run, counts, errors, views, paths, model, note, (int(size[-2]), int(size[-1])))
+    return RunView(out, neutral_deep(run), counts, errors, views, paths, model, note, (int(size[-2]), int(size[-1])),
+                   progress=progress)
+
+
+def _shared_run(run: dict) -> dict:
+    """The run table without the folders of this machine (model file and dataset by name only)."""
+    run = dict(run)
+    if run.get("model_path"):
+        run["model_path"] = Path(run["model_path"]).name
+    spec = run.get("dataset")
+    if isinstance(spec, dict):
+        spec = dict(spec)
+        for key in ("root", "list"):
+            if spec.get(key):
+                spec[key] = Path(spec[key]).name
+        if spec.get("shards"):
+            spec["shards"] = [Path(p).name for p in spec["shards"]]
+        run["dataset"] = spec
+    return run
 
 
 def first_conv_weights(model) -> np.ndarray | None:

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..results import _hist
 from ._data import LayerView, RunView
+from ._integrity import banners_html
 from ._html import esc, hist_svg, kv_table, num, page, pct, url
 
 # Run-table keys the Run panel shows first, with their labels; the model panel's keys and the
@@ -37,7 +38,7 @@ def index_page(run: RunView, filters: str | None, montages: dict[str, list[int]]
             model_rows.append((key, esc(_readable(value))))
     elif run.model_note:
         model_rows.append(("note", esc(run.model_note)))
-    body = [f"<h1>{esc(title)}</h1>",
+    body = [f"<h1>{esc(title)}</h1>", banners_html(run),  # unfinished / failed / stale (reporting/_integrity.py)
             f'<p class="sub">Top-{esc(r.get("top_k"))} images per unit, each activation projected back to pixels '
             "with the Zeiler &amp; Fergus deconvnet (reconstructions, left) beside the image patches that caused "
             "them (right).</p>",
@@ -235,10 +236,17 @@ def _layer_table(run: RunView) -> str:
         rows.append(f'<tr><td><a href="{url(layer_href(v))}">{esc(v.name)}</a></td><td>{esc(v.info.kind)}</td>'
                     f'<td class="num">{v.info.units:,}</td><td>{esc("×".join(map(str, v.info.map_shape)))}</td>'
                     f"<td>{_rf_text(v)}</td><td class=\"num\">{v.dead:,}</td>"
-                    f"<td>{'yes' if v.projected else 'no'}{stale}</td></tr>")
+                    f"<td>{_projected_text(v)}{stale}</td></tr>")
     return ('<table class="list"><thead><tr><th>layer</th><th>kind</th><th class="num">units</th><th>map</th>'
             '<th>receptive field</th><th class="num">dead units</th><th>projected</th></tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _projected_text(v: LayerView) -> str:
+    reason = (v.marker or {}).get("unsupported")
+    if reason:  # patches and boxes are drawn; the reverse plan cannot invert this layer
+        return f'<span class="badge stale">cannot be projected: {esc(reason)}</span>'
+    return "yes" if v.projected else "no"
 
 
 def _layer_stats(view: LayerView, run: RunView) -> str:

@@ -47,7 +47,7 @@ def bins(v: np.ndarray) -> np.ndarray:
 def counts(v: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """int64 [U, N_BINS]: per unit, how many of the per-image maxima v [n, U] fall in each bin
     (only where `valid` [n, U])."""
-    n, units = v.shape
+    units = v.shape[1]
     flat = (bins(v) + np.arange(units, dtype=np.int64) * N_BINS)[valid]
     return np.bincount(flat, minlength=units * N_BINS).reshape(units, N_BINS)
 

@@ -10,6 +10,10 @@ checkpoint).
         paths = res.paths(top.image_ids[7])        # image_id -> path, unit 7's images
         stats = res.unit_stats("conv3")[7]         # images, mean_max, firing_rate, max, dead
 
+Opening verifies the file (`_check.verify`: quick_check, schema version, run and progress rows)
+and refuses a damaged one with ResultsError; a query that fails later (a page damaged meanwhile)
+raises ResultsError too, never sqlite3's own errors.
+
 The tables stay plain SQLite for ad-hoc queries too (`sqlite3 out/results.db`); `_schema.py`
 lists them.
 """
@@ -26,7 +30,8 @@ import numpy as np
 
 from ..errors import ResultsError
 from . import _hist
-from ._schema import DB_NAME, REQUIRED_TABLES, decode_value
+from ._check import damaged, sqlite_error, verify
+from ._schema import DB_NAME, decode_value
 
 
 @dataclass(frozen=True)
@@ -84,18 +89,29 @@ class Results:
         except sqlite3.DatabaseError as exc:  # e.g. a folder we may not read
             raise ResultsError(f"cannot open {self.path} ({exc})") from None
         try:
-            self._tables = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            missing = set(REQUIRED_TABLES) - self._tables
-            if missing:
-                raise ResultsError(f"{self.path} is not a cnnviz_fast results database (no table "
-                                   f"{', '.join(sorted(missing))})")
-            self.run = {k: decode_value(v) for k, v in self._con.execute("SELECT key, value FROM run")}
+            # One read transaction: the checks and the rows read here see the same checkpoint.
+            self._con.execute("BEGIN")
+            try:
+                self._tables = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                verify(self._con, self.path)
+                self.run = {k: decode_value(v) for k, v in self._con.execute("SELECT key, value FROM run")}
+            finally:
+                self._con.execute("ROLLBACK")
         except sqlite3.DatabaseError as exc:
             self._con.close()
-            raise ResultsError(f"{self.path} is not a readable SQLite database ({exc})") from None
+            if "not a database" in str(exc) or "encrypted" in str(exc):
+                raise ResultsError(f"{self.path} is not a readable SQLite database ({exc})") from None
+            raise sqlite_error(self.path, exc) from None
         except BaseException:
             self._con.close()
             raise
+
+    def _query(self, sql: str, args=()) -> list:
+        """All rows of a query; a failure of the file (a page damaged after opening) as ResultsError."""
+        try:
+            return self._con.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise sqlite_error(self.path, exc) from None
 
     def __enter__(self) -> "Results":
         return self
@@ -112,15 +128,22 @@ class Results:
         database has no progress table (written by another tool)."""
         if "progress" not in self._tables:
             return "finished"
-        row = self._con.execute("SELECT value FROM progress WHERE key = 'status'").fetchone()
-        return str(row[0]) if row else "finished"
+        rows = self._query("SELECT value FROM progress WHERE key = 'status'")
+        return str(rows[0][0]) if rows else "finished"
+
+    @property
+    def progress(self) -> dict:
+        """The miner's progress rows (status, next_batch, images_done, ...); {} when there are none."""
+        if "progress" not in self._tables:
+            return {}
+        return dict(self._query("SELECT key, value FROM progress"))
 
     @property
     def k(self) -> int:
         """Images kept per unit (the run's top_k; else the deepest rank stored)."""
         k = self.run.get("top_k")
         if k is None:
-            k = self._con.execute("SELECT COALESCE(MAX(rank) + 1, 0) FROM topk").fetchone()[0]
+            k = self._query("SELECT COALESCE(MAX(rank) + 1, 0) FROM topk")[0][0]
         return int(k)
 
     def layers(self) -> list[LayerInfo]:
@@ -129,7 +152,7 @@ class Results:
         if spec:
             return [LayerInfo(d["name"], d.get("tensor", d["name"]), d.get("kind", "conv"), int(d["units"]),
                               tuple(int(v) for v in d.get("map_shape", (1, 1)))) for d in spec]
-        rows = self._con.execute("SELECT layer, MAX(unit) + 1 FROM unit_stats GROUP BY layer ORDER BY layer")
+        rows = self._query("SELECT layer, MAX(unit) + 1 FROM unit_stats GROUP BY layer ORDER BY layer")
         return [LayerInfo(name, name, "conv", int(units), (0, 0)) for name, units in rows]
 
     def layer(self, name: str) -> LayerInfo:
@@ -152,7 +175,7 @@ class Results:
         shape = (layer.units, k)
         t = TopK(np.full(shape, np.nan), np.full(shape, -1, np.int64), np.zeros(shape, np.int64),
                  np.zeros(shape, np.int64))
-        for unit, rank, value, image_id, y, x in self._con.execute(
+        for unit, rank, value, image_id, y, x in self._query(
                 "SELECT unit, rank, value, image_id, y, x FROM topk WHERE layer = ?", (layer.name,)):
             if 0 <= unit < layer.units and 0 <= rank < k:
                 t.values[unit, rank], t.image_ids[unit, rank] = value, image_id
@@ -165,7 +188,7 @@ class Results:
         layer = self._info(layer)
         stats = [{"images": 0, "mean_max": None, "firing_rate": None, "max": None, "dead": False}
                  for _ in range(layer.units)]
-        for unit, images, mean_max, rate, mx in self._con.execute(
+        for unit, images, mean_max, rate, mx in self._query(
                 "SELECT unit, images, mean_max, firing_rate, max FROM unit_stats WHERE layer = ?", (layer.name,)):
             if 0 <= unit < layer.units:
                 dead = images > 0 and (rate is None or rate == 0.0)
@@ -177,7 +200,10 @@ class Results:
         """int64 [units, N_BINS]: each unit's per-image maxima counted over the fixed bins of
         `cnnviz_fast.results._hist` (`bin_bounds()`), or None when results.db has no unit_hist."""
         layer = self._info(layer)
-        return _hist.read(self._con, layer.name, layer.units)
+        try:
+            return _hist.read(self._con, layer.name, layer.units)
+        except sqlite3.DatabaseError as exc:
+            raise sqlite_error(self.path, exc) from None
 
     def paths(self, image_ids) -> dict[int, str]:
         """image_id -> path for the given ids, any array shape (-1 and unknown ids are left out)."""
@@ -186,13 +212,13 @@ class Results:
         for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
             chunk = ids[start:start + 900]
             marks = ",".join("?" * len(chunk))
-            out.update(self._con.execute(f"SELECT image_id, path FROM images WHERE image_id IN ({marks})", chunk))
+            out.update(self._query(f"SELECT image_id, path FROM images WHERE image_id IN ({marks})", chunk))
         return out
 
     def counts(self) -> dict[str, int]:
         """{"images": images in the manifest, "errors": images that could not be used}."""
-        images = self._con.execute("SELECT COUNT(*) FROM images").fetchone()[0]
-        errors = self._con.execute("SELECT COUNT(*) FROM errors").fetchone()[0] if "errors" in self._tables else 0
+        images = self._query("SELECT COUNT(*) FROM images")[0][0]
+        errors = self._query("SELECT COUNT(*) FROM errors")[0][0] if "errors" in self._tables else 0
         return {"images": int(images), "errors": int(errors)}
 
     def errors(self, limit: int | None = 50) -> list[tuple[int, str, str]]:
@@ -200,6 +226,6 @@ class Results:
         (None: all)."""
         if "errors" not in self._tables:
             return []
-        return list(self._con.execute("SELECT image_id, path, error FROM errors ORDER BY image_id LIMIT ?",
+        return list(self._query("SELECT image_id, path, error FROM errors ORDER BY image_id LIMIT ?",
                                    (-1 if limit is None else limit,)))
 

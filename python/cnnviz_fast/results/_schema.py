@@ -19,6 +19,9 @@ from __future__ import annotations
 import json
 
 DB_NAME = "results.db"
+# PRAGMA user_version of the databases this release writes (0: written before versions existed;
+# `_check.verify` refuses a newer one). Bump it when a table changes meaning.
+SCHEMA_VERSION = 1
 # Tables every results.db has, whoever wrote it; progress and unit_sums are the miner's own.
 REQUIRED_TABLES = ("run", "images", "topk", "unit_stats")
 SCHEMA = """

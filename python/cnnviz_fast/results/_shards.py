@@ -28,7 +28,6 @@ CREATE TABLE IF NOT EXISTS shards(shard INTEGER PRIMARY KEY, first_batch INTEGER
                                   stop_batch INTEGER NOT NULL, images INTEGER NOT NULL, errors INTEGER NOT NULL,
                                   worker TEXT, attempts INTEGER NOT NULL, seconds REAL, state BLOB)
 """
-_LAYER_ARRAYS = ("values", "image_ids", "positions", "images", "sum_max", "fired", "max", "hist", "pending_sums")
 
 
 def ensure_shards_table(con: sqlite3.Connection) -> None:
@@ -78,22 +77,18 @@ def release_states(con: sqlite3.Connection, next_batch: int) -> None:
         raise
 
 
-def forget_shards(con: sqlite3.Connection) -> None:
-    """Delete every shard record (a run started again from scratch)."""
-    con.execute("DELETE FROM shards")
-
-
 def encode_state(state: dict) -> bytes:
     """A `MiningState.state_dict()` as .npz bytes: its scalars and lists in a JSON header array,
-    each layer's arrays under "<layer index>/<name>"."""
+    each layer's arrays (whichever the state has) under "<layer index>/<key>"."""
     header = {"k": int(state["k"]), "next_batch": int(state["next_batch"]),
               "pending_batches": [int(b) for b in state["pending_batches"]],
               "pending_empty": [int(b) for b in state["pending_empty"]],
               "layers": [d["name"] for d in state["layers"]]}
     arrays = {"header": np.frombuffer(json.dumps(header).encode(), np.uint8)}
     for i, d in enumerate(state["layers"]):
-        for key in _LAYER_ARRAYS:
-            arrays[f"{i}/{key}"] = np.asarray(d[key])
+        for key, value in d.items():
+            if key != "name":
+                arrays[f"{i}/{key}"] = np.asarray(value)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -103,7 +98,10 @@ def decode_state(blob: bytes) -> dict:
     """The inverse of `encode_state`."""
     with np.load(io.BytesIO(blob), allow_pickle=False) as z:
         header = json.loads(z["header"].tobytes().decode())
-        layers = [{"name": name, **{key: z[f"{i}/{key}"] for key in _LAYER_ARRAYS}}
-                  for i, name in enumerate(header["layers"])]
+        layers = [{"name": name} for name in header["layers"]]
+        for entry in z.files:
+            index, _, key = entry.partition("/")
+            if key:
+                layers[int(index)][key] = z[entry]
     return {"k": header["k"], "next_batch": header["next_batch"], "pending_batches": header["pending_batches"],
             "pending_empty": header["pending_empty"], "layers": layers}

@@ -2,7 +2,9 @@
 
 Every checkpoint is one transaction that rewrites topk, unit_stats and unit_sums and appends the
 errors of the batches it covers, so the file always holds the state after some whole batch.
-The folder is locked (`fcntl.flock` on DIR/.lock) for as long as a `ResultsDB` is open.
+The folder is locked (`cnnviz_fast._dirlock`: a flock on the folder itself, which deleting
+DIR/.lock cannot defeat) for as long as a `ResultsDB` is open. A resumed database is verified
+first (`_check.verify`), and the resume reads progress, errors and state in one transaction.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .._dirlock import FolderBusy, lock_folder
-from ..errors import ConfigMismatch, MiningError, RunLocked
-from ._schema import DB_NAME, SCHEMA, encode_value
+from .._dirlock import FolderBusy, lock_folder, unlock_folder
+from ..errors import ConfigMismatch, MiningError, ResultsError, RunLocked
+from ._check import damaged, sqlite_error, verify
+from ._schema import DB_NAME, SCHEMA, SCHEMA_VERSION, encode_value
 from ._snapshot import LayerSnapshot
 from . import _hist
 
@@ -41,6 +44,12 @@ class ResultsDB:
 
     def error_count(self) -> int:
         return self.con.execute("SELECT COUNT(*) FROM errors").fetchone()[0]
+
+    def resume_state(self, layers: Sequence, k: int) -> tuple[dict, int, list[LayerSnapshot]]:
+        """(progress, error count, state) of the last checkpoint, read in ONE transaction: a
+        checkpoint (of a process that got past the lock some other way) cannot land between them."""
+        with _reading(self.con, self.path):
+            return self.progress(), self.error_count(), self.load_state(layers, k)
 
     def load_state(self, layers: Sequence, k: int) -> list[LayerSnapshot]:
         """The state the last checkpoint wrote, as host arrays (for MiningState.restore)."""
@@ -69,8 +78,8 @@ class ResultsDB:
                    errors: Iterable[tuple[int, str, str]], progress: dict) -> None:
         """Write the state after a whole batch as one transaction."""
         con = self.con
-        con.execute("BEGIN IMMEDIATE")
         try:
+            con.execute("BEGIN IMMEDIATE")
             con.execute("DELETE FROM topk")
             con.execute("DELETE FROM unit_stats")
             con.execute("DELETE FROM unit_sums")
@@ -85,12 +94,15 @@ class ResultsDB:
             progress = dict(progress, updated=time.time())
             con.executemany("INSERT OR REPLACE INTO progress VALUES (?, ?)", progress.items())
             con.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            _rollback(con)
+            raise _write_error(self.path, exc) from None
         except BaseException:
             _rollback(con)
             raise
 
     def set_run(self, **values) -> None:
-        with _transaction(self.con):
+        with _transaction(self.con, self.path):
             self.con.executemany("INSERT OR REPLACE INTO run VALUES (?, ?)",
                                  [(k, encode_value(v)) for k, v in values.items()])
 
@@ -98,7 +110,7 @@ class ResultsDB:
         try:
             self.con.close()
         finally:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            unlock_folder(self._lock_fd)
 
 
 def open_results(out: str | os.PathLike, config: dict, provenance: dict, manifest,
@@ -119,16 +131,22 @@ def open_results(out: str | os.PathLike, config: dict, provenance: dict, manifes
             for suffix in ("", "-wal", "-shm", "-journal"):
                 Path(str(path) + suffix).unlink(missing_ok=True)
         con = _connect(path)
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            con.close()
+            raise sqlite_error(path, exc) from None
         if tables and not {"run", "progress", "topk"} <= tables:
             con.close()
             raise ConfigMismatch(f"{path} is not a cnnviz_fast results database; use --overwrite to replace "
                                  "it, or --out another folder")
         db = ResultsDB(out, lock_fd, con)
-        if tables and db.progress().get("status"):
+        if tables and _has_status(con, path):
             try:
-                _check_config(path, db.run_info(), config)
-            except ConfigMismatch:
+                with _reading(con, path):
+                    verify(con, path)
+                    _check_config(path, db.run_info(), config)
+            except (ConfigMismatch, ResultsError):
                 con.close()
                 raise
             return db, True
@@ -139,8 +157,15 @@ def open_results(out: str | os.PathLike, config: dict, provenance: dict, manifes
         _create(con, config, provenance, manifest)
         return db, False
     except BaseException:
-        os.close(lock_fd)
+        unlock_folder(lock_fd)
         raise
+
+
+def _has_status(con: sqlite3.Connection, path: Path) -> bool:
+    try:
+        return con.execute("SELECT 1 FROM progress WHERE key = 'status'").fetchone() is not None
+    except sqlite3.DatabaseError as exc:
+        raise sqlite_error(path, exc) from None
 
 
 def _create(con: sqlite3.Connection, config: dict, provenance: dict, manifest) -> None:
@@ -149,6 +174,7 @@ def _create(con: sqlite3.Connection, config: dict, provenance: dict, manifest) -
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 con.execute(statement)
+        con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         con.executemany("INSERT INTO run VALUES (?, ?)",
                         [(k, encode_value(v)) for k, v in {**provenance, **config}.items()])
         con.executemany("INSERT INTO images VALUES (?, ?)", manifest.paths())
@@ -210,31 +236,73 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 class _transaction:
-    def __init__(self, con: sqlite3.Connection):
-        self.con = con
+    def __init__(self, con: sqlite3.Connection, path: Path | None = None):
+        self.con, self.path = con, path
 
     def __enter__(self):
-        self.con.execute("BEGIN IMMEDIATE")
+        try:
+            self.con.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _write_error(self.path, exc) from None
 
-    def __exit__(self, exc_type, *_):
+    def __exit__(self, exc_type, exc, _tb):
         if exc_type:
             _rollback(self.con)
-        else:
+            if issubclass(exc_type, sqlite3.OperationalError):
+                raise _write_error(self.path, exc) from None
+            return False
+        try:
             self.con.execute("COMMIT")
+        except sqlite3.OperationalError as err:
+            _rollback(self.con)
+            raise _write_error(self.path, err) from None
+        return False
+
+
+class _reading:
+    """A read transaction: the reads inside it see one committed state (WAL snapshot)."""
+
+    def __init__(self, con: sqlite3.Connection, path: Path):
+        self.con, self.path = con, path
+
+    def __enter__(self):
+        self.con.execute("BEGIN")
+
+    def __exit__(self, exc_type, exc, _tb):
+        _rollback(self.con)
+        if exc_type is not None and issubclass(exc_type, sqlite3.DatabaseError):
+            raise sqlite_error(self.path, exc) from None
+        if exc_type is not None and issubclass(exc_type, (KeyError, ValueError, TypeError)) \
+                and not issubclass(exc_type, ResultsError):
+            raise damaged(self.path, f"{exc_type.__name__}: {exc}") from None
+        return False
 
 
 def _rollback(con: sqlite3.Connection) -> None:
-    # A signal (Ctrl-C) can land just after COMMIT has finished in SQLite: then nothing is left to
-    # roll back, and ROLLBACK's own error would hide the KeyboardInterrupt.
-    if con.in_transaction:
-        con.execute("ROLLBACK")
+    # SQLite may have rolled back on its own (a full disk, an I/O error, a signal just after
+    # COMMIT finished): ROLLBACK's own "no transaction is active" would then hide the real cause.
+    try:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+    except sqlite3.OperationalError:
+        pass
+
+
+def _write_error(path: Path | None, exc: sqlite3.OperationalError) -> MiningError:
+    """A write that SQLite refused, as a message with the real cause and what to do."""
+    where = path or "results.db"
+    if getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "full" in str(exc):
+        return MiningError(f"the disk is full: cannot write {where} ({exc}); results up to the last checkpoint "
+                           "are kept: free some space and run the same command again to resume")
+    return MiningError(f"cannot write {where}: {exc}")
 
 
 def _lock(out: Path) -> int:
     try:
-        return lock_folder(out)
+        return lock_folder(out, "mining")
     except FolderBusy as busy:
-        raise RunLocked(f"{out} is being mined by another cnnviz-fast process{busy.who}; wait for it to "
+        doing = "being projected (`cnnviz-fast project`)" if busy.purpose == "projecting" else "being mined"
+        raise RunLocked(f"{out} is {doing} by another cnnviz-fast process{busy.who}; wait for it to "
                         "finish, or use another --out") from None
     except OSError as exc:
         raise MiningError(f"cannot lock {out / '.lock'}: {exc}") from None

@@ -1,4 +1,4 @@
-"""Shared fixtures and helpers of the miner's tests (imported by test_mine_*.py and test_data_*.py).
+"""Shared fixtures and helpers of the miner's tests (imported by the mining, data, integrity and cluster tests).
 
 A tiny CNN (three Conv+ReLU layers, one max-pool, 32x32 input) exported with the zoo's exporter,
 small generated JPEG datasets, the bad-input zoo, and readers for results.db.
@@ -21,7 +21,7 @@ from PIL import Image
 
 PRE = {"resize": 36, "crop": 32, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
        "channel_order": "RGB", "scale": 255.0}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_module():
@@ -161,11 +161,3 @@ def cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="default")
     return subprocess.run([sys.executable, "-m", "cnnviz_fast", "mine", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, **kw)
-
-
-def test_tiny_model_loads(tiny):
-    from cnnviz_fast.graph import Model
-
-    m = Model.load(tiny)
-    assert [layer.name for layer in m.layers] == ["conv1", "conv2", "conv3"]
-    assert [layer.map_shape for layer in m.layers] == [(32, 32), (14, 14), (6, 6)]
