@@ -39,7 +39,6 @@ resident memory (flat memory as the dataset grows); --rss-model picks the model.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import subprocess
 import sys
@@ -64,15 +63,7 @@ def available_cores() -> int:
     return cores()
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+cpu_name = _common.cpu_name
 
 
 def make_images(root: Path, n: int, size: int) -> Path:

@@ -11,54 +11,17 @@ from torch.nn import functional as F
 
 from cnnviz_fast.graph import ConvT, Identity, Relu, UnsupportedOp, Unpool
 from cnnviz_fast.graph import Model
-from cnnviz_fast.testing.oracle import ReluRule as DeconvRelu, SkipLRN
+from cnnviz_fast.testing import Oracle
 from _support.onnx_models import const, export_torch, foreign_model, make_model, run
 from _support.plans import apply_plan, run_plan
 
 MODES = ("deconvnet", "guided", "gradient")
 
 
-class ModeRelu(nn.Module):
-    """nn.ReLU in the forward pass; its backward follows `mode` (the deconvnet oracle)."""
-
-    mode = "deconvnet"
-
-    def forward(self, x):
-        if torch.onnx.is_in_onnx_export():
-            return F.relu(x)
-        return DeconvRelu.apply(x, self.mode)
-
-
-class ModeLRN(nn.Module):
-    """An LRN module (size, alpha, beta, k attributes) whose backward is the identity."""
-
-    def __init__(self, lrn: nn.Module):
-        super().__init__()
-        self.lrn = lrn
-
-    def forward(self, x):
-        m = self.lrn
-        return SkipLRN.apply(x, m.size, m.alpha, m.beta, m.k)
-
-
 def oracle(net: nn.Module, tap: nn.Module, x: np.ndarray, seeds, mode: str) -> np.ndarray:
-    """Autograd deconvnet of `seeds` [(n, c, y, x)] at module `tap`'s output."""
-    for m in net.modules():
-        if isinstance(m, ModeRelu):
-            m.mode = mode
-    xs = torch.from_numpy(x[[s[0] for s in seeds]]).requires_grad_()
-    got = {}
-    hook = tap.register_forward_hook(lambda m, i, o: got.__setitem__("out", o))
-    try:
-        net.eval()(xs)
-    finally:
-        hook.remove()
-    out = got["out"]
-    seed = torch.zeros_like(out)
-    for k, (_, c, *pos) in enumerate(seeds):
-        seed[(k, c, *pos)] = out[(k, c, *pos)].detach()
-    (grad,) = torch.autograd.grad(out, xs, seed)
-    return grad.numpy()
+    """The package's torch oracle (float64 autograd, ReLU backward per mode, LRN skipped) at
+    module `tap`'s output."""
+    return Oracle(net, {"tap": tap}).project(x, seeds, "tap", mode)
 
 
 def assert_close(got: np.ndarray, want: np.ndarray, rtol: float = 1e-4) -> None:
@@ -87,11 +50,11 @@ def _seeds(model: Model, layer, x: np.ndarray) -> list[tuple]:
 
 def _small_net() -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3, stride=2, padding=1), ModeRelu(), nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),
-        nn.ZeroPad2d((1, 0, 2, 1)), nn.Conv2d(6, 8, 3, dilation=2, padding=1), ModeRelu(),
+        nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1, ceil_mode=True),
+        nn.ZeroPad2d((1, 0, 2, 1)), nn.Conv2d(6, 8, 3, dilation=2, padding=1), nn.ReLU(),
         nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False),
-        nn.Conv2d(8, 8, 3, padding=1, groups=2), ModeRelu(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(8 * 2 * 2, 12), ModeRelu(), nn.Dropout(), nn.Linear(12, 10), ModeRelu(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 2 * 2, 12), nn.ReLU(), nn.Dropout(), nn.Linear(12, 10), nn.ReLU(),
     )
 
 
@@ -103,7 +66,7 @@ def small():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             nn.init.uniform_(m.bias, -0.3, 0.3)
     model = Model.from_proto(export_torch(net, (3, 29, 31)))
-    relus = [m for m in net if isinstance(m, ModeRelu)]
+    relus = [m for m in net if isinstance(m, nn.ReLU)]
     assert len(model.all_layers) == len(relus)
     return model, net, dict(zip([layer.name for layer in model.all_layers], relus))
 
@@ -200,7 +163,7 @@ def test_linear_steps_are_exact_adjoints(build):
 
 
 def _foreign_torch(proto):
-    """The foreign model rebuilt in torch from its (unfolded) ONNX weights, with ModeRelu."""
+    """The foreign model rebuilt in torch from its (unfolded) ONNX weights."""
     w = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in proto.graph.initializer}
 
     def bn(prefix, c, eps):
@@ -216,17 +179,23 @@ def _foreign_torch(proto):
     fc1, fc2 = nn.Linear(240, 16), nn.Linear(16, 5)
     fc1.weight.data, fc1.bias.data = w["fc1_w"], w["fc1_b"]
     fc2.weight.data, fc2.bias.data = 0.5 * w["fc2_w"].T, w["fc2_b"]
-    relus = [ModeRelu() for _ in range(3)]
+    relus = [nn.ReLU() for _ in range(3)]
 
     class Net(nn.Module):
+        # Every part is a submodule read through self, so the oracle's copy (and its float64
+        # conversion) is the network that runs.
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1, self.conv2, self.bn2 = conv1, bn("bn1", 6, 1e-3), conv2, bn("bn2", 8, 1e-5)
+            self.fc1, self.fc2, self.relus = fc1, fc2, nn.ModuleList(relus)
+
         def forward(self, x):
-            x = relus[0](bn("bn1", 6, 1e-3)(conv1(x)))
+            x = self.relus[0](self.bn1(self.conv1(x)))
             x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), value=-np.inf), 3, 2, ceil_mode=True)
-            x = relus[1](bn("bn2", 8, 1e-5)(conv2(F.pad(x, (0, 1, 2, 0)))))
-            return fc2(relus[2](fc1(x.flatten(1))))
+            x = self.relus[1](self.bn2(self.conv2(F.pad(x, (0, 1, 2, 0)))))
+            return self.fc2(self.relus[2](self.fc1(x.flatten(1))))
 
     net = Net()
-    net.relus = nn.ModuleList(relus)
     return net, relus
 
 
@@ -287,7 +256,6 @@ def test_residual_add_sums_both_branches(mode):
             return F.relu(F.relu(F.conv2d(x, torch.from_numpy(w).to(x.dtype), padding=1)) + x)
 
     from cnnviz_fast import Projector
-    from cnnviz_fast.testing import Oracle
 
     x = rng.normal(size=(2, 3, 6, 6)).astype(np.float32)
     net = Net()
@@ -304,14 +272,6 @@ def test_zfnet_projection_equals_autograd():
     net = zoo.build("zfnet")
     model = Model.load("zfnet", random_weights=True, seed=0)
     taps = dict(net.taps())
-    for parent in list(net.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.ReLU):
-                new = ModeRelu()
-                taps = {k: (new if v is child else v) for k, v in taps.items()}
-                setattr(parent, name, new)
-            elif type(child).__name__ == "LocalResponseNorm":
-                setattr(parent, name, ModeLRN(child))
     plan = model.reverse_plan("conv3")
     assert [type(s) for s in plan.steps].count(Identity) == 2  # the two LRNs
     x = np.random.default_rng(4).normal(size=(1, 3, 224, 224)).astype(np.float32)

@@ -67,11 +67,11 @@ def ort_cuda_status() -> tuple[bool, str]:
     n, why = gpu_count()
     if n == 0:
         return False, why
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    from .graph._onnx import make_model
+
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])],
+                       [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])], name="probe")
     so = ort.SessionOptions()
     so.log_severity_level = 4
     try:  # the one session not made by session(): it must not raise when the EP is dropped
