@@ -273,3 +273,10 @@ def test_cli_run_mines_projects_and_reports(tmp_path):
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "out/projections/conv1/layer.json").is_file()
     assert (tmp_path / "out/report/units/conv1/unit_0015.html").is_file()
+
+
+def test_first_layer_page_explains_repeating_tiles(run_dir):
+    """Layer 1's reconstructions are its filters scaled: its page says so, and only its page."""
+    line = "reconstruction is the unit's filter itself"
+    assert line in (run_dir / "report/layers/conv1.html").read_text()
+    assert line not in (run_dir / "report/layers/conv2.html").read_text()
