@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from cnnviz_fast.graph import UnsupportedOp
 from cnnviz_fast.graph import Model
 from cnnviz_fast.projection import DeviceUnavailable, Forward, Projector
-from cnnviz_fast.projection._device import cuda_blocker
+from cnnviz_fast.runtime import cuda_blocker
 from cnnviz_fast.testing import MODES, assert_close, pick_seeds
 from _support.onnx_models import ort_tap
 

@@ -77,16 +77,10 @@ def mine(model, data, out, *, ray: str, shard_images: int = DEFAULT_SHARD_IMAGES
 
 def _config(model, taps, pre, manifest, top_k: int, batch_size: int, dev: str, shard_images: int,
             limit: int | None = None) -> dict:
-    """The single process's configuration (mining.driver.mine) plus the shard size."""
-    return {
-        "model_sha256": model.sha256, "top_k": top_k, "preprocess": pre.to_dict(),
-        "layers": [{"name": t.name, "tensor": t.tensor, "kind": t.kind, "units": t.units,
-                    "map_shape": list(t.map_shape)} for t in taps],
-        "dataset": manifest.spec, "dataset_images": len(manifest), "dataset_fingerprint": manifest.fingerprint(),
-        "batch_size": batch_size, "device": dev, "limit": limit, "shard_images": shard_images,
-        # As in mining.driver.mine: checked by driver._check_dataset on resume.
-        "dataset_content": manifest.content_fingerprint(),
-    }
+    """The single process's configuration (mining.driver.run_config) plus the shard size."""
+    from ..mining.driver import run_config
+
+    return {**run_config(model, taps, pre, manifest, top_k, batch_size, dev, limit), "shard_images": shard_images}
 
 
 def _run(driver, pool: Pool, model, taps, pre, manifest, sample, config: dict, out, report, *, overwrite: bool,

@@ -95,15 +95,7 @@ def mine(model, data, out: str | os.PathLike, *, layers: str | Sequence[str] | N
     _refuse_out_inside_data(out, manifest, data)
     workers = workers or default_workers()
     sample = sample_ids(len(manifest), limit)
-    config = {
-        "model_sha256": model.sha256, "top_k": top_k, "preprocess": pre.to_dict(),
-        "layers": [{"name": t.name, "tensor": t.tensor, "kind": t.kind, "units": t.units,
-                    "map_shape": list(t.map_shape)} for t in taps],
-        "dataset": manifest.spec, "dataset_images": len(manifest), "dataset_fingerprint": manifest.fingerprint(),
-        "batch_size": batch_size, "device": dev, "limit": None if sample is None else limit,
-        # Stored with the run, checked by _check_dataset on resume (not a CONFIG_KEYS entry: its own message).
-        "dataset_content": manifest.content_fingerprint(),
-    }
+    config = run_config(model, taps, pre, manifest, top_k, batch_size, dev, None if sample is None else limit)
     db, resumed = open_results(out, config, _provenance(model), manifest, overwrite)
     try:
         _check_dataset(db, resumed, config, manifest, report)
@@ -370,3 +362,17 @@ def _check_dataset(db: ResultsDB, resumed: bool, config: dict, manifest: Manifes
     raise ConfigMismatch(f"{db.path}: {what}, so the images mined so far and those still to mine would "
                          "not be of one dataset. Restore the files, or mine again from the start with "
                          "overwrite=True (or into another output folder)", params=("overwrite=True",))
+
+
+def run_config(model, taps, pre: Preprocess, manifest: Manifest, top_k: int, batch_size: int, dev: str,
+               limit: int | None) -> dict:
+    """The run's configuration as results.db stores it (the cluster miner adds its shard size)."""
+    return {
+        "model_sha256": model.sha256, "top_k": top_k, "preprocess": pre.to_dict(),
+        "layers": [{"name": t.name, "tensor": t.tensor, "kind": t.kind, "units": t.units,
+                    "map_shape": list(t.map_shape)} for t in taps],
+        "dataset": manifest.spec, "dataset_images": len(manifest), "dataset_fingerprint": manifest.fingerprint(),
+        "batch_size": batch_size, "device": dev, "limit": limit,
+        # Stored with the run, checked by _check_dataset on resume (not a CONFIG_KEYS entry: its own message).
+        "dataset_content": manifest.content_fingerprint(),
+    }

@@ -17,7 +17,6 @@ import onnx
 
 from .. import runtime
 # The one rule for devices lives in runtime; projector.py and the tests import these names from here.
-from ..runtime import cuda_blocker, resolve_device  # noqa: F401
 
 
 class Device:

@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from ..graph import Layer, MODES, Model
-from ._device import Device, resolve_device
+from ..runtime import resolve_device
+from ._device import Device
 from ._execute import run_pass
 from ._forward import Forward, forward_graphs
 from ._graphs import prep_graph, regrid_graph
