@@ -127,6 +127,46 @@ def test_native_heads_and_bound_outputs_agree_with_graph_heads(tiny, images):
         s.close()
 
 
+def test_cpu_native_heads_reuse_their_buffers_across_batches(tiny, images):
+    """CPU "auto" is native heads written into buffers reused from batch to batch (IOBinding): every
+    batch, including a smaller last one and a return to the first size, gives the graph heads'
+    results exactly, and what one run returned is not changed by the next."""
+    model = Model.load(tiny)
+    pre = Preprocess.from_metadata(PRE)
+    m = open_manifest(images)
+    x = np.stack([decode(m.read(i), pre) for i in range(len(m))]).astype(np.float32)
+    graph = ForwardSession(model, model.layers, "cpu", heads="graph")
+    auto = ForwardSession(model, model.layers, "cpu", batch_size=16)
+    assert auto.heads == "native" and auto._maps_binding is not None
+    batches = [x[:16], x[16:32], x[-7:], x[::-1][:16].copy()]
+    kept = []
+    for batch in batches:
+        got = auto.run(batch)
+        kept.append([(np.array(v), np.array(p)) for v, p in got])
+        for (v, p), (gv, gp) in zip(got, graph.run(batch)):
+            np.testing.assert_array_equal(v, gv)
+            np.testing.assert_array_equal(p, gp)
+    assert sorted(auto._maps) == [16]  # one size's buffers at a time
+    first = auto.run(batches[0])  # and the results of earlier runs are their own arrays
+    for (v, p), (kv, kp) in zip(first, kept[0]):
+        np.testing.assert_array_equal(v, kv)
+        np.testing.assert_array_equal(p, kp)
+    auto.close()
+
+
+def test_auto_heads_choice():
+    from cnnviz_fast.mining import _session
+
+    model_layers = [type("L", (), {"tensor": "a", "units": 64, "map_shape": (56, 56)})(),
+                    type("L", (), {"tensor": "b", "units": 1000, "map_shape": (1, 1)})()]
+    assert _session._auto_heads(model_layers, "cpu", 32) == "native"
+    assert _session._auto_heads(model_layers, "cuda", 32) == "graph"  # the maps never leave the GPU
+    per_image = 4 * (64 * 56 * 56 + 1000)
+    big = _session.NATIVE_BUFFER_BYTES // per_image + 1
+    assert _session._auto_heads(model_layers, "cpu", big) == "graph"  # too much to hold in buffers
+    assert _session._auto_heads(model_layers, "cpu", big - 1) == "native"
+
+
 @pytest.mark.parametrize("order", ["RGB", "BGR"])
 def test_uint8_batches_normalised_in_the_graph_equal_float_batches(tiny, images, order):
     model = Model.load(tiny)

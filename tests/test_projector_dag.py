@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cnnviz_fast import Model, Projector
-from cnnviz_fast.graph import UnsupportedOp
+from cnnviz_fast.graph import UnsupportedOp, Unpool
 from cnnviz_fast.testing import MODES, Oracle, assert_close, pick_seeds
 from _support.onnx_models import export_torch, run
 
@@ -255,9 +255,10 @@ def _switch_flips(model: Model, fwd, net: nn.Module, x: np.ndarray, tensors) -> 
             continue
         u = steps[tensor]
         geo = (u.kernel, u.strides, u.pads, u.dilations, u.ceil_mode)
-        mine = fwd.values[tensor].numpy()
-        assert mine.shape == theirs.shape
-        diff = ref.switch_pool(mine, *geo)[1] != ref.switch_pool(theirs, *geo)[1]
+        mine = fwd.raw_switches(u).numpy()  # the switches the projector uses (its MaxPool input may be gone)
+        want = ref.switch_pool(theirs, *geo)[1]
+        assert mine.shape == want.shape
+        diff = mine != want
         bad |= set(np.flatnonzero(diff.reshape(len(x), -1).any(1)).tolist())
     return bad
 
@@ -341,3 +342,98 @@ def test_project_pass_skips_a_layer_it_cannot_invert(tmp_path):
     report(tmp_path / "out")
     html = (tmp_path / "out/report/index.html").read_text()
     assert "cannot be projected: node" in html and "(Max)" in html
+
+
+# ---- windowed graph plans (per-seed receptive-field windows on a DAG) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    """The zoo's ResNet-18 (random weights) at 224x224, two images: windows are cheaper than full
+    maps there for layer2.1 / layer3.1 (at small inputs the full frame wins and is chosen)."""
+    model = Model.load("resnet18", random_weights=True, seed=0)
+    x = np.random.default_rng(3).normal(size=(2, *model.input_size)).astype(np.float32)
+    return model, x
+
+
+def _spot_seeds(tap: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """A firing unit at each corner, each edge's middle and the centre, alternating images."""
+    h, w = tap.shape[2:]
+    spots = [(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (0, w // 2), (h // 2, 0), (h - 1, w // 2),
+             (h // 2, w - 1), (h // 2, w // 2)]
+    seeds = []
+    for k, (y, x) in enumerate(spots):
+        n = k % tap.shape[0]
+        if tap[n, :, y, x].max() <= 0:
+            n = 1 - n
+        seeds.append((n, int(np.argmax(tap[n, :, y, x])), y, x))
+    return seeds
+
+
+@pytest.mark.parametrize("layer", ["layer2.1", "layer3.1"])
+def test_resnet18_windowed_graph_plan_equals_full_frame(resnet18, layer):
+    """The windowed graph plan is chosen, equals the full-frame graph plan (1e-5 of each seed's
+    peak) over the whole frame at corners, edges and centre, in deconvnet and guided mode; the
+    full-frame projection is zero outside each seed's receptive-field box."""
+    model, x = resnet18
+    for mode in ("deconvnet", "guided"):
+        win = Projector(model, device="cpu", mode=mode)
+        full = Projector(model, device="cpu", mode=mode, windowed=False)
+        assert win.is_windowed(layer) and not full.is_windowed(layer)
+        plan = win._plan(model.layer(layer), True)
+        assert plan.graph and plan.windowed and len(plan.stages) == 2  # one unpool: two parts
+        fwd = win.forward(x, [layer])
+        seeds = _spot_seeds(win.device.host(fwd.values[model.layer(layer).tensor]))
+        a = win.project(fwd, layer=layer, seeds=seeds)
+        b = full.project(x, layer=layer, seeds=seeds)
+        assert_close(a, b, rtol=1e-5)
+        assert_close(win.project_boxes(fwd, layer=layer, seeds=seeds),
+                     full.project_boxes(x, layer=layer, seeds=seeds), rtol=1e-5)
+        size, origins = model.layer(layer).rf_size, win.box_origins(layer, seeds)
+        for k, (top, left) in enumerate(origins):
+            outside = np.ones(b.shape[2:], bool)
+            outside[max(top, 0):top + size[0], max(left, 0):left + size[1]] = False
+            assert not np.any(b[k][:, outside]) and not np.any(a[k][:, outside])
+
+
+def test_resnet18_windowed_graph_plan_equals_the_oracle(resnet18):
+    """Against the float64 torch autograd deconvnet, at corner, edge and centre seeds of layer3.1."""
+    from cnnviz_fast.testing import zoo_oracle
+
+    model, x = resnet18
+    p = Projector(model, device="cpu")
+    assert p.is_windowed("layer3.1")
+    oracle = zoo_oracle("resnet18", seed=0)
+    seeds = _spot_seeds(oracle.tap(x, "layer3.1"))[::2]
+    assert_close(p.project(x, layer="layer3.1", seeds=seeds), oracle.project(x, seeds, "layer3.1", "deconvnet"))
+
+
+def test_graph_windows_follow_the_receptive_field(resnet18):
+    """Per tensor the window is the union of its consumers' (both branches of a block agree on the
+    jump), it ends on the layer's receptive-field box, and it does much less ConvT work."""
+    from cnnviz_fast.projection._graph_window import graph_window_cost, graph_windows
+
+    model, _ = resnet18
+    for name, most in (("layer2.1", 0.1), ("layer3.1", 0.5)):
+        layer = model.layer(name)
+        plan = model.reverse_plan(layer)
+        gw = graph_windows(plan)
+        image = gw.windows[plan.image]
+        assert (image.size, image.jump, image.start) == (layer.rf_size, layer.rf_stride, layer.rf_start)
+        assert graph_window_cost(plan, gw) < most * graph_window_cost(plan, None)
+    # layer2.0's output feeds layer2.1's conv1 (window 17 -> 19) and its shortcut (15): the union
+    gw = graph_windows(model.reverse_plan(model.layer("layer2.1")))
+    assert gw.windows["layer2.0"].size == (5, 5) and gw.windows["layer2.0"].start == (-2, -2)
+    # at a small input the windows outgrow the maps: the full frame is chosen
+    small = _family("resnet18")[0]
+    assert not Projector(small, device="cpu").is_windowed(block_tensor(_family("resnet18")[1], "layer4.1"))
+
+
+def test_deconvnet_forward_drops_switch_only_tensors(resnet18):
+    """In deconvnet mode the stem ReLU output is only the MaxPool's input: its switches are recorded
+    and the float32 map let go; guided mode keeps it (its ReLU mask)."""
+    model, x = resnet18
+    stem = next(s.input_tensor for s in model.reverse_plan(model.layer("layer2.1")).steps if isinstance(s, Unpool))
+    fwd = Projector(model, device="cpu").forward(x[:1], ["layer2.1"])
+    assert stem not in fwd.values and fwd.switch_bytes > 0
+    assert stem in Projector(model, device="cpu", mode="guided").forward(x[:1], ["layer2.1"]).values

@@ -250,7 +250,8 @@ def _mine_options(s) -> None:
     s.add_argument("--draft", action="store_true", help="JPEG draft decoding: faster on large JPEGs, slightly "
                    "different pixels")
     s.add_argument("--heads", choices=["auto", "graph", "native"], default="auto",
-                   help="reduce maps in the graph (ReduceMax/ArgMax) or with the native unit_max")
+                   help="reduce maps in the graph (ReduceMax/ArgMax) or with the native unit_max (auto: native on "
+                        "the CPU, graph on CUDA)")
     s.add_argument("--limit", type=int, default=None, metavar="N",
                    help="mine a fixed sample of N images, evenly spaced over DATA (the same every time; part of "
                         "the configuration), for a quick look before the full run")

@@ -62,7 +62,7 @@ class ShardWorker:
                                "worker must see the same files at the same path")
         target = resolve_device(job["device"], option="--device")
         self.session = ForwardSession(model, taps, target, heads=job["heads"], threads=job["threads"],
-                                      uint8_input=job["pre"])
+                                      uint8_input=job["pre"], batch_size=job["batch_size"])
 
     def ready(self) -> dict:
         """{"failure": None or the reason, "where": host and pid, "threads": ORT's intra-op threads}."""

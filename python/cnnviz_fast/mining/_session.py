@@ -1,10 +1,16 @@
 """The forward pass of the mining graph in ONNX Runtime: only per-(image, unit) maxima and their
 positions leave it.
 
-CPU: a plain session; "graph" heads return [N, C] maxima and positions, "native" heads return the
-tapped maps, reduced by `_C.unit_max` (OpenMP). Measured in benchmarks/mining.py, the heads are
-within noise of each other on CPU for ZFNet/AlexNet, and "graph" keeps the maps inside ORT's
-arena, so "auto" means "graph".
+CPU: "graph" heads return [N, C] maxima and positions from in-graph ReduceMax + ArgMax; "native"
+heads return the tapped maps, written by ORT into output buffers of ours that are allocated once
+per batch size and reused (IOBinding), and reduced by `_C.unit_max` (one OpenMP pass per map).
+"auto" means native on the CPU, graph on CUDA. Why (benchmarks/mining.py, ResNet-50 at batch 32,
+2 threads, Intel Xeon): ORT's ArgMax on [N, C, H*W] is a slow kernel (it alone costs a third of
+the forward on ResNet-50's 17 default taps), ReduceMax adds a pass more, and fresh outputs per run
+page-fault hundreds of MB per batch. The graph's output reorders (NCHWc to NCHW, writing every
+tapped map once) stay: that is the price of exact first-maximum positions (a GlobalMaxPool inside
+the blocked layout would give the maxima alone for about 60% of it). When the buffers of one batch
+would pass NATIVE_BUFFER_BYTES, "auto" keeps graph heads (the maps then live only in ORT's arena).
 
 CUDA: IOBinding on the session's own stream (runtime.session's stream policy). The input is bound
 from page-locked host memory (the decode workers write straight into it), outputs are bound on the
@@ -25,6 +31,9 @@ from ._optimize import UINT8_INPUT, rewrite_lrn, uint8_input_graph
 from .errors import MiningError
 
 HEADS = ("auto", "graph", "native")
+# Above this many bytes of tapped maps per batch (all layers), "auto" on the CPU keeps in-graph
+# heads rather than holding every map in buffers of ours at once.
+NATIVE_BUFFER_BYTES = 4 << 30
 
 
 class ForwardSession:
@@ -36,18 +45,18 @@ class ForwardSession:
     CUDA code path with host-bound outputs (it is what the tests exercise without a GPU).
     `optimize` applies `_optimize.rewrite_lrn` on the CPU (cuDNN's LRN is fast as it is).
     `uint8_input=pre` makes the session take uint8 [N, H, W, 3] batches and normalise them in the
-    graph with `pre.affine()` (BatchLoader layout "uint8").
+    graph with `pre.affine()` (BatchLoader layout "uint8"). `batch_size` only informs "auto".
     """
 
     def __init__(self, model, layers: Sequence, device: runtime.Target | str = "cpu", heads: str = "auto",
                  threads: int | None = None, spinning: bool = False, iobinding: bool | None = None,
-                 optimize: bool = True, uint8_input: Preprocess | None = None):
+                 optimize: bool = True, uint8_input: Preprocess | None = None, batch_size: int = 32):
         if heads not in HEADS:
             raise ValueError(f"heads must be one of {HEADS}, not {heads!r}")
         self.target = runtime.as_target(device)
         self.device = device = self.target.name
-        self.heads = "graph" if heads == "auto" else heads
         self.layers = list(layers)
+        self.heads = _auto_heads(self.layers, device, batch_size) if heads == "auto" else heads
         self.input_name = model.input_name
         self.iobinding = device == "cuda" if iobinding is None else iobinding
         try:
@@ -76,6 +85,9 @@ class ForwardSession:
             raise MiningError(f"ONNX Runtime cannot run the mining graph of {model.name}: {exc}") from None
         self._binding = self.session.io_binding() if self.iobinding else None
         self.pinned_note: str | None = None
+        # CPU native heads: ORT writes the maps into these (batch size -> {output: array}), reused.
+        self._maps: dict[int, dict[str, np.ndarray]] = {}
+        self._maps_binding = self.session.io_binding() if self.heads == "native" and not self.iobinding else None
 
     def allocate(self, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
         """A batch buffer; page-locked for a CUDA session (pageable, with `pinned_note` saying why,
@@ -88,10 +100,12 @@ class ForwardSession:
 
     def run(self, images: np.ndarray) -> list[tuple[Any, Any]]:
         try:
-            if self._binding is None:
-                outs = self.session.run(self.outputs, {self.input_name: images})
-            else:
+            if self._binding is not None:
                 outs = self._run_bound(images)
+            elif self._maps_binding is not None:
+                outs = self._run_into_buffers(images)
+            else:
+                outs = self.session.run(self.outputs, {self.input_name: images})
         except Exception as exc:  # ORT's own error types (Fail, RuntimeException, ...), e.g. out of memory
             raise MiningError(f"ONNX Runtime failed on a batch of {len(images)} images: {exc}; results up to "
                               "the last checkpoint are kept, run the same command to resume") from None
@@ -110,7 +124,8 @@ class ForwardSession:
 
     def close(self) -> None:
         """Drop the IOBinding and the session (and with it the stream); batch buffers free themselves."""
-        self._binding = None
+        self._binding = self._maps_binding = None
+        self._maps = {}
         self.session = None
 
     def _run_bound(self, images: np.ndarray) -> list:
@@ -127,11 +142,40 @@ class ForwardSession:
         b.clear_binding_outputs()
         return outs  # OrtValues, handed on through DLPack (on the host too, where tests run this path)
 
+    def _run_into_buffers(self, images: np.ndarray) -> list[np.ndarray]:
+        """CPU native heads: the maps written into this batch size's buffers (made from the first
+        run's outputs, whose shapes ORT knows best), valid until the next run."""
+        images = np.ascontiguousarray(images)
+        n = len(images)
+        maps = self._maps.get(n)
+        if maps is None:  # the first batch of this size: ORT allocates, the arrays become the buffers
+            outs = self.session.run(self.outputs, {self.input_name: images})
+            self._maps = {n: {name: np.ascontiguousarray(a) for name, a in zip(self.outputs, outs)}}
+            return [self._maps[n][name] for name in self.outputs]
+        b = self._maps_binding
+        b.bind_input(self.input_name, "cpu", 0, images.dtype.type, list(images.shape), images.ctypes.data)
+        for name, a in maps.items():
+            b.bind_output(name, "cpu", 0, a.dtype.type, list(a.shape), a.ctypes.data)
+        self.session.run_with_iobinding(b)
+        return [maps[name] for name in self.outputs]
+
     def _reduce(self, tap) -> tuple[Any, Any]:
         from .. import _C
 
         shape = tuple(tap.shape() if callable(getattr(tap, "shape", None)) else tap.shape)
         if len(shape) == 2:  # an fc layer: each unit's map is one number, its own maximum at position 0
-            return tap, np.zeros(shape, np.int32)
+            # a copy: on the CPU `tap` is one of the buffers the next batch is written into
+            return np.array(tap), np.zeros(shape, np.int32)
         return _C.unit_max(tap)
 
+
+def _auto_heads(layers: Sequence, device: str, batch_size: int) -> str:
+    """"auto": native heads on the CPU unless one batch would hold more than NATIVE_BUFFER_BYTES
+    of float32 maps, graph heads on CUDA (the maps never leave the device there)."""
+    if device != "cpu":
+        return "graph"
+    per_image = 0
+    for layer in dict((layer.tensor, layer) for layer in layers).values():
+        shape = getattr(layer, "map_shape", None) or ()
+        per_image += 4 * layer.units * int(np.prod(shape))
+    return "native" if batch_size * per_image <= NATIVE_BUFFER_BYTES else "graph"

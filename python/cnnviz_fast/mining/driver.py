@@ -135,7 +135,7 @@ def _run(db: ResultsDB, resumed: bool, model, taps, pre: Preprocess, manifest: M
         state.restore(snaps, next_batch)
         report.message(f"resuming {db.path}: {done:,} of {total:,} images done, {errors:,} errors")
     # Batches travel as uint8 crops and the graph normalises them (see _optimize.uint8_input_graph).
-    session = ForwardSession(model, taps, dev, heads=heads, threads=threads, uint8_input=pre)
+    session = ForwardSession(model, taps, dev, heads=heads, threads=threads, uint8_input=pre, batch_size=batch_size)
     ort_threads = session.session.get_session_options().intra_op_num_threads
     db.set_run(heads=session.heads, lrn_rewritten=session.rewritten_lrns, workers=workers, threads=ort_threads)
     # When ONNX Runtime's threads fill every core, decoding the next batch during the forward pass

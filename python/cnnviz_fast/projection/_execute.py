@@ -4,7 +4,9 @@ Chain plans: per seed batch the host builds only small index arrays: each level'
 the channels-last forward tensors (`_window.window_index`), the off-map masks of windowed ConvT
 outputs, and the seed's channel / position one-hots. Graph plans (full frame): the partial signals
 of each part go to the next, the forward values are gathered by each seed's image inside the
-parts. Signals stay OrtValues on the device throughout.
+parts. Windowed graph plans: the same hand-over, on windows, fed like chain windows (row indices
+for switches and masks, one 0/1 on-map mask per ConvT output). Signals stay OrtValues on the
+device throughout.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def run_pass(dev: Device, fwd: Forward, plan: CompiledPlan, s: np.ndarray):
     """One reverse pass of seeds `s` (int64 [S, 4]) through the plan's stages -> the image-level
     OrtValue [S, C, h, w] (the whole image, or each seed's box when the plan is windowed)."""
     if plan.graph:
-        return _run_graph(dev, fwd, plan, s)
+        return (_run_graph_windowed if plan.windowed else _run_graph)(dev, fwd, plan, s)
     n = s[:, 0]
     cache: dict = {}
 
@@ -74,6 +76,47 @@ def _run_graph(dev: Device, fwd: Forward, plan: CompiledPlan, s: np.ndarray):
         feeds["sw_src"] = fwd.raw_switches(u)
         *state, y, sw = dev.run(sess, feeds, names + ["sw"])
         state.append(dev.unpool(y, sw, u.kernel, u.strides, u.pads, u.dilations, u.out_shape[1:]))
+    return state[0]
+
+
+def _run_graph_windowed(dev: Device, fwd: Forward, plan: CompiledPlan, s: np.ndarray):
+    n = s[:, 0]
+    index_cache: dict = {}
+    valid_cache: dict = {}
+
+    def index(level):
+        if level not in index_cache:
+            top, left = level.origins(s[:, 2], s[:, 3])
+            index_cache[level] = window_index(n, top, left, level.size, level.map, fwd.images)[0]
+        return index_cache[level]
+
+    def valid(level):
+        if level not in valid_cache:
+            top, left = level.origins(s[:, 2], s[:, 3])
+            rows = top[:, None] + np.arange(level.size[0])[None, :]
+            cols = left[:, None] + np.arange(level.size[1])[None, :]
+            r = (rows >= 0) & (rows < level.map[0])
+            c = (cols >= 0) & (cols < level.map[1])
+            valid_cache[level] = (r[:, None, :, None] & c[:, None, None, :]).astype(np.float32)
+        return valid_cache[level]
+
+    state: list = []
+    for wp, sess in zip(plan.stages, plan.sessions):
+        feeds = _seed_feeds(plan, s, fwd) if wp.first else {f"in{j}": v for j, v in enumerate(state)}
+        for name, level in wp.index:
+            feeds[name] = index(level)
+        for name, level in wp.valid:
+            feeds[name] = valid(level)
+        for name, tensor in wp.sources:
+            feeds[name] = fwd.source(tensor)
+        names = [f"out{j}" for j in range(len(wp.part.outputs))]
+        u = wp.unpool
+        if u is None:
+            state = dev.run(sess, feeds, names)
+            continue
+        feeds["sw_src"] = fwd.switches(u)
+        *state, y, sw = dev.run(sess, feeds, names + ["sw"])
+        state.append(dev.unpool(y, sw, u.kernel, u.strides, (0, 0, 0, 0), u.dilations, wp.unpool_size))
     return state[0]
 
 

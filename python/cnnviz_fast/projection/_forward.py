@@ -5,8 +5,9 @@ tapped tensors (seed values), the switches of every MaxPool on the way (native `
 uint8, recorded once per image however many seeds use them), in guided / gradient mode the ReLU
 outputs, and the forward values the true local adjoints of a graph plan read (sigmoid gates, SiLU
 and LayerNorm inputs, ...). For chain plans, switches and ReLU outputs are kept channels-last with
-one fill row (see `_graphs.prep_graph`), so any seed's window of them is one gather; graph plans
-gather whole maps by image.
+one fill row (see `_graphs.prep_graph`), so any seed's window of them is one gather; full-frame
+graph plans gather whole maps by image. Switches are recorded right after the forward, and a
+MaxPool input nothing else reads (deconvnet mode) is then let go (`switch_sources`).
 """
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ class Forward:
         return self._sources[tensor]
 
     def switches(self, step: Unpool):
-        """Switches of `step`'s MaxPool as rows [N*OH*OW + 1, C] (fill 255), recorded on first use."""
+        """Switches of `step`'s MaxPool as rows [N*OH*OW + 1, C] (fill 255), made on first use."""
         key = (step.input_tensor, step.kernel, step.strides, step.pads, step.dilations, step.ceil_mode)
         if key not in self._switches:
-            dev = self._projector.device
-            raw = dev.switches(self.values[step.input_tensor], step.kernel, step.strides, step.pads,
-                               step.dilations, step.ceil_mode)
+            raw = self._switches.get(("raw", *key))
+            if raw is None:  # made for this only, not kept
+                raw = self._projector.device.switches(self.values[step.input_tensor], step.kernel, step.strides,
+                                                      step.pads, step.dilations, step.ceil_mode)
             self._switches[key] = self._prep(raw, TensorProto.UINT8, 255)
         return self._switches[key]
 
@@ -55,6 +57,14 @@ class Forward:
                 self.values[step.input_tensor], step.kernel, step.strides, step.pads, step.dilations,
                 step.ceil_mode)
         return self._switches[key]
+
+    def record(self, pools: list[Unpool], drop: set[str]) -> None:
+        """Record the switches of `pools` now and let go of the forward tensors in `drop` (MaxPool
+        inputs that nothing but their switches reads: in deconvnet mode, e.g. a stem's ReLU output)."""
+        for step in pools:
+            self.raw_switches(step)
+        for t in drop:
+            self.values.pop(t, None)
 
     @property
     def held_bytes(self) -> int:
@@ -70,6 +80,33 @@ class Forward:
         shape = value.shape()
         sess = self._projector._prep_session(shape[1], len(shape) == 4, dtype, fill)
         return self._projector.device.run(sess, {"x": value}, ["y"])[0]
+
+
+def switch_sources(model, layers: list, mode: str) -> tuple[list[Unpool], set[str]]:
+    """The MaxPools (Unpool steps) of `layers`' graph plans, and the forward tensors that are read
+    only as the inputs of those MaxPools in `mode`, so may go once their switches are recorded
+    (whole maps: the form both full-frame and windowed graph passes start from). Chain plans keep
+    their MaxPool inputs and record their switches on first use, as before."""
+    pools: dict[tuple, Unpool] = {}
+    needed: set[str] = set()
+    for layer in layers:
+        needed.add(layer.tensor)
+        try:
+            plan = model.reverse_plan(layer)
+        except UnsupportedOp:
+            continue
+        needed.update(plan.local_tensors)
+        if mode != "deconvnet":
+            needed.update(plan.relu_tensors)
+        if plan.is_chain:
+            needed.update(plan.switch_tensors)
+            continue
+        for step in plan.steps:
+            if isinstance(step, Unpool):
+                pools.setdefault((step.input_tensor, step.kernel, step.strides, step.pads, step.dilations,
+                                  step.ceil_mode), step)
+    steps = list(pools.values())
+    return steps, {s.input_tensor for s in steps} - needed
 
 
 def forward_graphs(model, layers: list, mode: str) -> list[tuple[onnx.ModelProto, list[str]]]:

@@ -10,6 +10,9 @@
 - `graph_stage_graph`: one part of a graph plan, full frame: the seed (first part) or the incoming
   partial signals, the forward values gathered per seed image, the adjoints, and the outgoing partial
   signals (and the gathered switches of the unpool that follows).
+- `graph_window_stage_graph`: one part of a graph plan on per-seed windows (`_graph_window`): each
+  signal on its tensor's window, contributions padded into it before they are summed, stride-1
+  ConvTs as Conv (`_convt`), ConvT outputs zeroed off the map.
 - `regrid_graph`: per-seed windows of a result (crop to the box, or paste the box into the frame).
 All are built with the graph compiler's one ONNX builder (`cnnviz_fast.graph.Builder`).
 """
@@ -21,8 +24,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..graph import (AvgPoolT, Builder as _Builder, ConvT, Identity, Part, Relu, Scale, Step, Unpool,
+from ..graph import (AvgPoolT, Builder as _Builder, ConvT, Identity, Local, Part, Relu, Scale, Step, Unpool,
                      build_segment, emit_adjoints)
+from ._convt import emit_conv_transpose
+from ._graph_window import offsets
 from ._window import Level
 
 _NHWC_TO_NCHW = [0, 3, 1, 2]
@@ -240,3 +245,133 @@ def graph_stage_graph(part: Part, tap: Level, first: bool, mode: str) -> tuple[o
         src = b.input("sw_src", TensorProto.UINT8, None)
         outputs.append((b.node("Gather", [src, seed_n[0]], "sw", axis=0), TensorProto.UINT8))
     return b.model(outputs, "cnnviz_projection"), forward
+
+
+@dataclass(eq=False)
+class WindowPart:
+    """One part of a windowed graph plan (see `_graph_window`): its ONNX model and what to feed it.
+
+    Inputs besides the seed's (`first`) or "in0", ... (the part's incoming signals, each in the
+    window `in_windows[j]`): `index` (input name, window) row indices into channels-last forward
+    tensors (`_window.window_index`); `valid` (suffix, window): "rows<suffix>" / "cols<suffix>",
+    1 where a ConvT's output window lies on the map; `sources` (input name, forward tensor) the
+    channels-last ReLU outputs that guided / gradient masks gather; "sw_src" (channels-last
+    switches, fill 255) when `unpool` follows, which then unpools to `unpool_size`.
+    """
+
+    part: Part
+    first: bool
+    in_windows: list
+    unpool_size: tuple[int, int] | None = None
+    proto: onnx.ModelProto | None = None
+    index: list = field(default_factory=list)
+    valid: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
+
+    @property
+    def unpool(self) -> Unpool | None:
+        return self.part.unpool
+
+
+def graph_window_stage_graph(wp: WindowPart, gw, tap: Level, mode: str) -> WindowPart:
+    """Fill in `wp.proto` (and its feed lists): the part's adjoints on per-seed windows `gw`
+    (`_graph_window.GraphWindows`). Outputs "out0", ... the partial signals of `part.outputs`,
+    each in its tensor's window, then "sw" with an unpool. Each contribution is padded into its
+    tensor's window before signals are summed, in the order the full-frame part sums them."""
+    part = wp.part
+    b = _Builder()
+    indices: dict[Level, str] = {}
+    sources: dict[str, str] = {}
+
+    def index(level: Level) -> str:
+        if level not in indices:
+            indices[level] = b.input(f"idx{len(indices)}", TensorProto.INT64, _index_dims(level))
+            wp.index.append((indices[level], level))
+        return indices[level]
+
+    def source(tensor: str, channels: int) -> str:
+        if tensor not in sources:
+            sources[tensor] = b.input(f"src{len(sources)}", TensorProto.FLOAT, ["M", channels])
+            wp.sources.append((sources[tensor], tensor))
+        return sources[tensor]
+
+    # A ConvT's output still to be zeroed off the map travels as (signal, mask): a Relu right
+    # after it runs first (relu(y) * m == relu(y * m) for a 0/1 mask m), the Mul after.
+    signals: dict[str, list] = {}
+    if wp.first:
+        signals[part.inputs[0]] = [_seed(b, tap)]
+    else:
+        for j, (t, level) in enumerate(zip(part.inputs, wp.in_windows)):
+            x = b.input(f"in{j}", TensorProto.FLOAT, _dims(level))
+            signals.setdefault(t, []).append(_place(b, x, level, gw.windows[t]))
+    for a in part.adjoints:
+        out = a.outputs[0]
+        got_in = signals.pop(out, [])
+        if not got_in:
+            continue
+        cur, step = gw.windows[out], a.step
+        if isinstance(step, Relu):
+            mask = None
+            if mode != "deconvnet":
+                mask = _gather(b, source(step.tensor, cur.channels), index(cur), cur)
+            if len(got_in) == 1 and isinstance(got_in[0], tuple):
+                y, valid = got_in[0]
+                got = [(_relu(b, y, mode, mask), valid)]
+            else:
+                got = [_relu(b, _total(b, got_in), mode, mask)]
+        else:
+            g = _total(b, got_in)
+            if isinstance(step, ConvT):
+                y = emit_conv_transpose(b, g, step.weight, step.strides, step.dilations, step.group, cur.size)
+                level = gw.contributions[(a, 0)]
+                name = f"valid{len(wp.valid)}"
+                wp.valid.append((name, level))
+                got = [(y, b.input(name, TensorProto.FLOAT, ["S", 1, *level.size]))]
+            elif isinstance(step, Scale):
+                got = [b.node("Mul", [g, b.const(step.factor.astype(np.float32))])]
+            elif isinstance(step, (Identity, AvgPoolT)):
+                got = [g]
+            elif isinstance(step, Local) and step.op_type in ("Add", "Sub", "Sum"):
+                got = [b.node("Neg", [g]) if step.op_type == "Sub" and k == 1 else g
+                       for k, d in enumerate(step.data) if d]
+            else:
+                raise TypeError(f"step {step.op_type} cannot run in a window")
+        for k, (t, signal) in enumerate(zip(a.inputs, got)):
+            inner, outer = gw.contributions[(a, k)], gw.windows[t]
+            if isinstance(signal, tuple) and inner != outer:
+                signal = _masked(b, signal)
+            signals.setdefault(t, []).append(_place(b, signal, inner, outer))
+    outputs = []
+    for j, t in enumerate(part.outputs):
+        total = _total(b, signals.pop(t, []))
+        if total is None:
+            raise AssertionError(f"no signal reaches tensor {t!r}")
+        outputs.append((b.node("Identity", [total], f"out{j}"), TensorProto.FLOAT))
+    u = part.unpool
+    if u is not None:
+        level = gw.windows[u.output_tensor]
+        src = b.input("sw_src", TensorProto.UINT8, ["M", level.channels])
+        outputs.append((b.node("Identity", [_gather(b, src, index(level), level)], "sw"), TensorProto.UINT8))
+    wp.proto = b.model(outputs, "cnnviz_projection")
+    return wp
+
+
+def _total(b: _Builder, parts: list) -> str | None:
+    if not parts:
+        return None
+    parts = [_masked(b, p) for p in parts]
+    return parts[0] if len(parts) == 1 else b.node("Sum", parts)
+
+
+def _masked(b: _Builder, signal) -> str:
+    """A (signal, 0/1 mask) pair as the masked signal; a plain signal as it is."""
+    if isinstance(signal, tuple):
+        return b.node("Mul", [signal[0], signal[1]])
+    return signal
+
+
+def _place(b: _Builder, x: str, inner: Level, outer: Level) -> str:
+    """Signal `x` on window `inner` as one on the larger window `outer` of the same tensor."""
+    if inner == outer:
+        return x
+    return b.node("Pad", [x, b.const(np.array(offsets(inner, outer), np.int64))])

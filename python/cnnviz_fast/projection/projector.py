@@ -23,7 +23,7 @@ from ..graph import Layer, MODES, Model
 from ..runtime import resolve_device
 from ._device import Device
 from ._execute import run_pass
-from ._forward import Forward, forward_graphs
+from ._forward import Forward, forward_graphs, switch_sources
 from ._graphs import prep_graph, regrid_graph
 from ._plan import CompiledPlan, compile_plan
 from ._window import window_index
@@ -60,7 +60,7 @@ class Projector:
         self.batch = batch
         self.device = Device(resolve_device(device), threads)
         self._plans: dict[tuple[str, bool], CompiledPlan] = {}
-        self._forwards: dict[tuple[str, ...], list] = {}
+        self._forwards: dict[tuple[str, ...], tuple] = {}
         self._sessions: dict[tuple, object] = {}
 
     def __repr__(self) -> str:
@@ -73,13 +73,17 @@ class Projector:
         x = self._check_images(x)
         key = tuple(layer.name for layer in layers)
         if key not in self._forwards:
-            self._forwards[key] = [(self.device.session(proto, once_per_batch=True), outs)
-                                   for proto, outs in forward_graphs(self.model, layers, self.mode)]
+            self._forwards[key] = ([(self.device.session(proto, once_per_batch=True), outs)
+                                    for proto, outs in forward_graphs(self.model, layers, self.mode)],
+                                   switch_sources(self.model, layers, self.mode))
+        graphs, (pools, drop) = self._forwards[key]
         values = {}
-        for sess, outs in self._forwards[key]:
+        for sess, outs in graphs:
             got = self.device.run(sess, {self.model.input_name: x}, outs)
             values.update(zip(outs, got))
-        return Forward(self, len(x), values, list(key))
+        fwd = Forward(self, len(x), values, list(key))
+        fwd.record(pools, drop)
+        return fwd
 
     def project(self, x, layer: str | Layer, seeds, windowed: bool | None = None) -> np.ndarray:
         """float32 [S, 3, H, W]: each seed's projection in the full input frame."""
