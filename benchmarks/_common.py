@@ -136,3 +136,19 @@ def _plain(value):
     if isinstance(value, float):
         return _num(value)
     return str(value)
+
+
+class OracleBaseline:
+    """The projection benchmarks' baseline: a batched autograd deconvnet on a zoo torch model, the
+    package's oracle (cnnviz_fast.testing.oracle) in float32 on the benchmark's device."""
+
+    def __init__(self, name: str, seed: int, device: str, batch: int):
+        from cnnviz_fast.testing import zoo_oracle
+
+        self.oracle = zoo_oracle(name, seed=seed, dtype="float32", device=device)
+        self.device, self.batch = device, batch
+
+    def project(self, x, seeds, layer: str):
+        import numpy as np
+
+        return self.oracle.project(x, seeds, layer, "deconvnet", batch=self.batch, out_dtype=np.float32)

@@ -171,18 +171,10 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
-class _Baseline:
-    """Batched autograd deconvnet on the zoo's torch ResNet-18: the package's oracle
-    (cnnviz_fast.testing.oracle) in float32 on the benchmark's device (see the module docstring)."""
 
-    def __init__(self, seed: int, device: str, batch: int):
-        from cnnviz_fast.testing import zoo_oracle
-
-        self.oracle = zoo_oracle("resnet18", seed=seed, dtype="float32", device=device)
-        self.batch = batch
-
-    def project(self, x: np.ndarray, seeds: np.ndarray, layer: str) -> np.ndarray:
-        return self.oracle.project(x, seeds, layer, "deconvnet", batch=self.batch, out_dtype=np.float32)
+def _Baseline(seed: int, device: str, batch: int) -> _common.OracleBaseline:
+    """Batched autograd deconvnet on the zoo's torch ResNet-18 (see the module docstring)."""
+    return _common.OracleBaseline("resnet18", seed, device, batch)
 
 
 def _topk_seeds(projector, fwd, name: str, k: int) -> list[np.ndarray]:
