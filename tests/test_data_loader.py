@@ -90,3 +90,41 @@ def test_bad_id_requests(manifest):
                        ([0, 27], "must be in 0..26"), ([-2], "must be in 0..26")):
         with pytest.raises(ValueError, match=match):
             BatchLoader(manifest, pre, 4, 1, ids=ids)
+
+
+def test_release_starts_the_next_batch_before_it_is_asked_for(manifest, full):
+    """depth 1 decodes a batch only when the consumer asks for it, unless the consumer releases
+    the batch it holds: then the next one is being read already, and every batch still equals
+    the full pass."""
+    import threading
+
+    layout, images = full
+    started = threading.Event()
+
+    class Watched:
+        def __getattr__(self, name):
+            return getattr(manifest, name)
+
+        def __len__(self):
+            return len(manifest)
+
+        def read(self, i):
+            if i == 4:  # the first image of batch 1
+                started.set()
+            return manifest.read(i)
+
+    pre = Preprocess.from_metadata(PRE)
+    with BatchLoader(Watched(), pre, 4, 2, depth=1, layout=layout) as loader:
+        it = iter(loader)
+        first = next(it)
+        assert not started.is_set()  # nothing beyond the batch in hand was submitted
+        rows = {int(i): r.copy() for i, r in zip(first.ids, first.images)}
+        loader.release(first)
+        assert started.wait(30)
+        loader.release(first)  # twice is harmless
+        for b in it:
+            rows.update({int(i): r.copy() for i, r in zip(b.ids, b.images)})
+            loader.release(b)
+    assert sorted(rows) == sorted(images)
+    for i, r in rows.items():
+        np.testing.assert_array_equal(r, images[i])

@@ -332,8 +332,11 @@ def test_decode_threads_stop_on_ctrl_c_even_when_a_read_never_returns(tmp_path, 
             time.sleep(3600)
         threading.Thread(target=catch, daemon=True).start()
     """) if catcher == "a foreign thread" else ""
+    # The child starts with Python's own SIGINT handler even where the runner ignores SIGINT (a
+    # shell's background job does, and its children inherit that).
     code = textwrap.dedent("""
-        import sys, threading
+        import signal, sys, threading
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from cnnviz_fast.data import BatchLoader, Manifest, Preprocess
         from _support.mining import PRE
         {foreign}

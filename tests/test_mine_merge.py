@@ -180,6 +180,22 @@ def test_hist_bins_are_fixed_and_cover_every_scale():
     np.testing.assert_array_equal(_hist.counts(v, valid).sum(axis=1), [v.shape[0] - 1])
 
 
+def test_hist_bins_equal_a_binary_search_over_the_edges():
+    """`bins` computes m from the float exponent; the definition is the number of edges <= |v|:
+    every edge, its float32 neighbours on both sides, both signs, zero, tiny, huge and inf."""
+    from cnnviz_fast.results import _hist
+
+    rng = np.random.default_rng(0)
+    e = _hist.EDGES.astype(np.float32)
+    v = np.concatenate([rng.standard_normal(50_000) * 10.0 ** rng.integers(-9, 9, 50_000), e, -e,
+                        np.nextafter(e, np.float32(0)), np.nextafter(e, np.float32(np.inf)),
+                        [0.0, -0.0, np.inf, -np.inf, 1e30, -1e30, 1e-30, -1e-30]]).astype(np.float32)
+    m = np.searchsorted(_hist.EDGES, np.abs(v.astype(np.float64)), side="right")
+    want = np.where(v < 0, _hist.CENTER - m, _hist.CENTER + m)
+    np.testing.assert_array_equal(_hist.bins(v), want)
+    np.testing.assert_array_equal(_hist.bins(v.reshape(-1, 2)), want.reshape(-1, 2))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ranges_merged_in_any_order_equal_the_single_run(single, setup, seed):
     rng = random.Random(seed)

@@ -127,26 +127,41 @@ def test_native_heads_and_bound_outputs_agree_with_graph_heads(tiny, images):
         s.close()
 
 
-def test_cpu_native_heads_reuse_their_buffers_across_batches(tiny, images):
-    """CPU "auto" is native heads written into buffers reused from batch to batch (IOBinding): every
+@pytest.mark.parametrize("run_images", [None, 5])
+def test_cpu_native_heads_reuse_their_buffers_across_batches(tiny, images, monkeypatch, run_images):
+    """CPU "auto" is native heads written into buffers reused from run to run (IOBinding): every
     batch, including a smaller last one and a return to the first size, gives the graph heads'
-    results exactly, and what one run returned is not changed by the next."""
+    results exactly, and what one run returned is not changed by the next. With RUN_BYTES at 5
+    images' maps a batch of 16 runs as 4 chunks of 4 and one of 7 as 2 chunks of 4 and 3, in buffers
+    of 5 rows."""
+    from cnnviz_fast.mining import _session
+
     model = Model.load(tiny)
+    per_image = sum(4 * layer.units * int(np.prod(layer.map_shape)) for layer in model.layers)
+    if run_images is not None:
+        monkeypatch.setattr(_session, "RUN_BYTES", run_images * per_image)
     pre = Preprocess.from_metadata(PRE)
     m = open_manifest(images)
     x = np.stack([decode(m.read(i), pre) for i in range(len(m))]).astype(np.float32)
     graph = ForwardSession(model, model.layers, "cpu", heads="graph")
     auto = ForwardSession(model, model.layers, "cpu", batch_size=16)
     assert auto.heads == "native" and auto._maps_binding is not None
+    assert (auto._run_size == run_images) if run_images else (auto._run_size >= 16)
+    rows = min(16, auto._run_size)  # the buffers: batch_size rows, or one run's at most
+    assert {len(a) for a in auto._maps.values()} == {min(16, auto._run_size)}
     batches = [x[:16], x[16:32], x[-7:], x[::-1][:16].copy()]
     kept = []
+    seen = []
     for batch in batches:
         got = auto.run(batch)
         kept.append([(np.array(v), np.array(p)) for v, p in got])
+        seen.append({a.ctypes.data for a in auto._maps.values()})
         for (v, p), (gv, gp) in zip(got, graph.run(batch)):
+            assert v.shape == gv.shape == (len(batch), gv.shape[1])
             np.testing.assert_array_equal(v, gv)
             np.testing.assert_array_equal(p, gp)
-    assert sorted(auto._maps) == [16]  # one size's buffers at a time
+    assert all(s == seen[0] for s in seen)  # the same buffers every run
+    assert {len(a) for a in auto._maps.values()} == {rows}
     first = auto.run(batches[0])  # and the results of earlier runs are their own arrays
     for (v, p), (kv, kp) in zip(first, kept[0]):
         np.testing.assert_array_equal(v, kv)
@@ -154,17 +169,71 @@ def test_cpu_native_heads_reuse_their_buffers_across_batches(tiny, images):
     auto.close()
 
 
+def test_native_heads_learn_map_shapes_from_onnx_runtime_when_not_inferred(tiny, images, monkeypatch):
+    """Where shape inference leaves a tapped map's size open, the first run asks ORT (one image)."""
+    from cnnviz_fast.mining import _session
+
+    monkeypatch.setattr(_session, "_map_shapes", lambda proto, outputs: None)
+    model = Model.load(tiny)
+    pre = Preprocess.from_metadata(PRE)
+    m = open_manifest(images)
+    x = np.stack([decode(m.read(i), pre) for i in range(20)]).astype(np.float32)
+    auto = ForwardSession(model, model.layers, "cpu")
+    assert auto.heads == "native" and auto._maps == {}
+    got = auto.run(x)
+    assert set(auto._map_shapes) == {layer.tensor for layer in model.layers}
+    for (v, p), (gv, gp) in zip(got, ForwardSession(model, model.layers, "cpu", heads="graph").run(x)):
+        np.testing.assert_array_equal(v, gv)
+        np.testing.assert_array_equal(p, gp)
+
+
+def test_map_buffers_are_in_small_pages():
+    """The native heads' map buffers ask Linux for 4 KiB pages (see _session._small_pages): the
+    mapping holding one is marked "nh" (no huge pages) and holds no anonymous huge page."""
+    from cnnviz_fast.mining import _session
+
+    a = _session._small_pages((16, 1024, 1024))  # 64 MiB
+    a[:] = 1.0
+    assert a.dtype == np.float32 and a.shape == (16, 1024, 1024) and a.flags.writeable and float(a.sum()) == 16 * 2 ** 20
+    try:
+        smaps = open("/proc/self/smaps").read()
+    except OSError:
+        pytest.skip("no /proc/self/smaps (not Linux)")
+    addr = a.ctypes.data
+    for block in _smaps_blocks(smaps):
+        lo, hi = (int(h, 16) for h in block[0].split()[0].split("-"))
+        if lo <= addr < hi:
+            fields = dict(line.split(":", 1) for line in block[1:] if ":" in line)
+            assert "nh" in fields["VmFlags"].split()
+            assert fields["AnonHugePages"].strip() == "0 kB"
+            break
+    else:
+        pytest.fail("the buffer's mapping is not in /proc/self/smaps")
+
+
+def _smaps_blocks(text: str) -> list[list[str]]:
+    blocks: list[list[str]] = []
+    for line in text.splitlines():
+        head = line.split()[0] if line.split() else ""
+        if "-" in head and ":" not in head:
+            blocks.append([line])
+        elif blocks:
+            blocks[-1].append(line)
+    return blocks
+
+
 def test_auto_heads_choice():
     from cnnviz_fast.mining import _session
 
     model_layers = [type("L", (), {"tensor": "a", "units": 64, "map_shape": (56, 56)})(),
                     type("L", (), {"tensor": "b", "units": 1000, "map_shape": (1, 1)})()]
-    assert _session._auto_heads(model_layers, "cpu", 32) == "native"
-    assert _session._auto_heads(model_layers, "cuda", 32) == "graph"  # the maps never leave the GPU
+    assert _session._auto_heads(model_layers, "cpu") == "native"
+    assert _session._auto_heads(model_layers, "cuda") == "graph"  # the maps never leave the GPU
     per_image = 4 * (64 * 56 * 56 + 1000)
-    big = _session.NATIVE_BUFFER_BYTES // per_image + 1
-    assert _session._auto_heads(model_layers, "cpu", big) == "graph"  # too much to hold in buffers
-    assert _session._auto_heads(model_layers, "cpu", big - 1) == "native"
+    side = int(np.sqrt(_session.NATIVE_BUFFER_BYTES / 4 / 64)) + 1  # one image's maps pass the limit
+    huge = [type("L", (), {"tensor": "a", "units": 64, "map_shape": (side, side)})()]
+    assert 4 * 64 * side * side > _session.NATIVE_BUFFER_BYTES > per_image
+    assert _session._auto_heads(huge, "cpu") == "graph"  # too much to hold in buffers
 
 
 @pytest.mark.parametrize("order", ["RGB", "BGR"])

@@ -264,7 +264,8 @@ ARENAS = ("session", "none", "shared")
 
 def session(model, target: Target | str = CPU, *, threads: int | None = None, arena: str = "session",
             spinning: bool = False, mem_pattern: bool = True, deterministic: bool = False,
-            stream: Stream | None = None, what: str = "a graph"):
+            stream: Stream | None = None, branches_first: bool = False, profile: str | None = None,
+            what: str = "a graph"):
     """An `onnxruntime.InferenceSession` for `model` (an onnx.ModelProto, its bytes, or a path) on
     `target` (a Target, or a device name given to resolve_device), with full graph optimisation.
 
@@ -276,7 +277,11 @@ def session(model, target: Target | str = CPU, *, threads: int | None = None, ar
     where other threads (decoders, native kernels) need the cores. mem_pattern: plan allocations
     from the first run's shapes. deterministic: deterministic algorithms on CUDA (cuDNN's
     ConvTranspose, the deconvnet's op, has non-deterministic ones). stream: the Stream a CUDA
-    session computes on (required there; the session keeps it alive).
+    session computes on (required there; the session keeps it alive). branches_first (CPU provider
+    only): optimise the graph in a first session, order ONNX Runtime's optimised graph with
+    `graph._schedule.schedule_branches_first` and run that (the taps of a mining graph: see there).
+    profile: a path prefix; ONNX Runtime then records every node's run (a Chrome trace JSON that
+    `end_profiling()` writes and names).
     Raises DeviceUnavailable when ONNX Runtime did not keep the target's provider; ONNX Runtime's own
     errors (invalid graph, out of memory) propagate for the caller to word.
     """
@@ -286,29 +291,70 @@ def session(model, target: Target | str = CPU, *, threads: int | None = None, ar
     if arena not in ARENAS:
         raise ValueError(f"arena must be one of {ARENAS}, not {arena!r}")
     provider = PROVIDERS[target.provider]
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads = int(threads) if threads else cores()
-    so.inter_op_num_threads = 1
-    so.enable_mem_pattern = mem_pattern
-    so.enable_cpu_mem_arena = arena != "none"
-    if arena == "shared" and _shared_cpu_arena():
-        so.add_session_config_entry("session.use_env_allocators", "1")
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    so.use_deterministic_compute = deterministic
-    so.log_severity_level = 3
+
+    def options():
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = int(threads) if threads else cores()
+        so.inter_op_num_threads = 1
+        so.enable_mem_pattern = mem_pattern
+        so.enable_cpu_mem_arena = arena != "none"
+        if arena == "shared" and _shared_cpu_arena():
+            so.add_session_config_entry("session.use_env_allocators", "1")
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        so.use_deterministic_compute = deterministic
+        so.log_severity_level = 3
+        if profile:
+            so.enable_profiling = True
+            so.profile_file_prefix = os.fspath(profile)
+        return so
+
     providers: list[Any] = [(provider.ep, provider.options(target, None if stream is None else stream.handle))]
     if provider.ep != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")  # for the ops the provider does not implement
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
-    sess = ort.InferenceSession(model if isinstance(model, bytes) else os.fspath(model), so, providers=providers)
+    model = model if isinstance(model, bytes) else os.fspath(model)
+    if branches_first and provider.ep == "CPUExecutionProvider":
+        sess = _branches_first_session(model, options, providers)
+    else:
+        sess = ort.InferenceSession(model, options(), providers=providers)
     if provider.ep not in sess.get_providers():
         raise DeviceUnavailable(f"ONNX Runtime did not keep the {provider.ep} for {what}; run "
                                 "`cnnviz-fast info` to see why")
     sess.cnnviz_stream = stream  # a session must not outlive the stream it computes on
     return sess
+
+
+def _branches_first_session(model, options, providers):
+    """Optimise `model` in a first session and write ONNX Runtime's optimised graph (weights in a
+    file beside it) to a temporary folder; reorder its nodes (graph._schedule); open that graph with
+    no further optimisation, executed in file order. See graph/_schedule.py for why."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    from .graph._schedule import has_subgraphs, reorder_graph
+
+    with tempfile.TemporaryDirectory(prefix="cnnviz-ort-") as tmp:
+        optimized = os.path.join(tmp, "optimized.onnx")
+        first = options()
+        first.enable_profiling = False
+        first.optimized_model_filepath = optimized
+        first.add_session_config_entry("session.optimized_model_external_initializers_file_name", "weights.bin")
+        first.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        ort.InferenceSession(model, first, providers=providers)
+        proto = onnx.load(optimized, load_external_data=False)
+        if has_subgraphs(proto.graph):  # implicit reads of outer tensors: keep ONNX Runtime's order
+            return ort.InferenceSession(model, options(), providers=providers)
+        ordered = os.path.join(tmp, "ordered.onnx")
+        onnx.save(reorder_graph(proto), ordered)
+        second = options()
+        second.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        second.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        return ort.InferenceSession(ordered, second, providers=providers)
 
 
 _ARENA: list[bool] = []

@@ -111,6 +111,9 @@ class BatchLoader:
         alloc = allocate or np.empty
         self._free = [alloc(shape, dtype) for _ in range(self.depth + 1)]
         self._closed = False
+        self._plan_it: Iterator | None = None
+        self._pending: collections.deque = collections.deque()
+        self._current: Batch | None = None
         self._pool = _DecodePool(self.workers, "cnnviz-decode")
 
     def __enter__(self) -> "BatchLoader":
@@ -170,26 +173,40 @@ class BatchLoader:
             yield from self._batches(self._plan())
 
     def _batches(self, plan) -> Iterator[Batch]:
-        pending: collections.deque = collections.deque()
-        current: Batch | None = None
+        self._plan_it, self._pending, self._current = plan, collections.deque(), None
         try:
             while True:
-                if current is not None:
-                    self._free.append(current.buffer)
-                    current = None
-                while len(pending) < self.depth and self._free:
-                    item = next(plan, None)
-                    if item is None:
-                        break
-                    pending.append(self._submit(*item, self._free.pop()))
-                if not pending:
+                self._give_back()
+                self._top_up()
+                if not self._pending:
                     return
-                current = self._collect(*pending.popleft())
-                yield current
+                self._current = self._collect(*self._pending.popleft())
+                yield self._current
         finally:
-            for *_, futures in pending:
+            for *_, futures in self._pending:
                 for f in futures:
                     f.cancel()
+
+    def release(self, batch: Batch) -> None:
+        """The caller is done with `batch.images` (the last batch yielded): its buffer goes back now
+        and the decoding of the next batch starts, instead of when the next batch is asked for.
+        The miner calls it once the forward pass has read the images, so that decoding overlaps
+        the single-threaded work that follows (the top-k update, a checkpoint)."""
+        if batch is not None and batch is self._current:
+            self._give_back()
+            self._top_up()
+
+    def _give_back(self) -> None:
+        if self._current is not None:
+            self._free.append(self._current.buffer)
+            self._current = None
+
+    def _top_up(self) -> None:
+        while len(self._pending) < self.depth and self._free:
+            item = next(self._plan_it, None)
+            if item is None:
+                break
+            self._pending.append(self._submit(*item, self._free.pop()))
 
     def _submit(self, index: int, start: int, stop: int, wanted: np.ndarray | None, buf: np.ndarray):
         ids = np.arange(start, stop, dtype=np.int64) if wanted is None else wanted

@@ -25,6 +25,7 @@ def mine_batches(session, loader: BatchLoader, state: MiningState) -> Iterator[B
     too, so that the state knows it holds it."""
     for batch in loader:
         outputs = session.run(batch.images) if len(batch.ids) else None
+        loader.release(batch)  # the images are read: the next batch decodes during the update
         state.update(outputs, batch.ids, session.host, batch=batch.index)
         yield batch
 

@@ -2,15 +2,25 @@
 positions leave it.
 
 CPU: "graph" heads return [N, C] maxima and positions from in-graph ReduceMax + ArgMax; "native"
-heads return the tapped maps, written by ORT into output buffers of ours that are allocated once
-per batch size and reused (IOBinding), and reduced by `_C.unit_max` (one OpenMP pass per map).
-"auto" means native on the CPU, graph on CUDA. Why (benchmarks/mining.py, ResNet-50 at batch 32,
-2 threads, Intel Xeon): ORT's ArgMax on [N, C, H*W] is a slow kernel (it alone costs a third of
-the forward on ResNet-50's 17 default taps), ReduceMax adds a pass more, and fresh outputs per run
-page-fault hundreds of MB per batch. The graph's output reorders (NCHWc to NCHW, writing every
-tapped map once) stay: that is the price of exact first-maximum positions (a GlobalMaxPool inside
-the blocked layout would give the maxima alone for about 60% of it). When the buffers of one batch
-would pass NATIVE_BUFFER_BYTES, "auto" keeps graph heads (the maps then live only in ORT's arena).
+heads have ORT write the tapped maps into output buffers of ours (IOBinding), allocated once and
+reused, and reduce them with `_C.unit_max` (one OpenMP pass per map). "auto" means native on the
+CPU, graph on CUDA. Why (benchmarks/mining.py, ResNet-50's 17 default taps, batch 32, 2 threads,
+Intel Xeon): ORT's ArgMax on [N, C, H*W] is a slow kernel (it alone cost a third of the forward),
+ReduceMax adds a pass more, and fresh outputs per run page-fault hundreds of MB per batch.
+
+Three more things make the CPU forward with taps cost little more than the plain graph's (each
+measured there, the forward of a batch of 32, plain graph 0.85 s):
+- the session runs ORT's optimised graph in `graph._schedule` order (runtime.session(...,
+  branches_first=True)): each tapped map's reorder out of ORT's blocked layout right after the map
+  is computed, not all at the end (1.03 -> 0.93 s);
+- a batch runs as chunks of at most RUN_BYTES of tapped maps (ResNet-50: 4 runs of 8 images,
+  202 MB of buffers instead of 808 MB), each reduced as soon as it is written. The buffers are
+  touched for the first time by the first run, and first touches are what a fresh session pays:
+  on this virtual machine about 1.6 ms per MB in transparent huge pages, several times less in
+  4 KiB pages, which is why the buffers ask for the small ones (`_small_pages`);
+- no memory pattern: with it, the second run re-plans and touches a new block again.
+The remaining cost is the reorders themselves (NCHWc to NCHW, writing every tapped map once):
+that is the price of exact first-maximum positions.
 
 CUDA: IOBinding on the session's own stream (runtime.session's stream policy). The input is bound
 from page-locked host memory (the decode workers write straight into it), outputs are bound on the
@@ -20,6 +30,7 @@ HEURISTIC (see runtime): a resumed run must equal an uninterrupted one.
 """
 from __future__ import annotations
 
+import mmap
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,9 +42,12 @@ from ._optimize import UINT8_INPUT, rewrite_lrn, uint8_input_graph
 from .errors import MiningError
 
 HEADS = ("auto", "graph", "native")
-# Above this many bytes of tapped maps per batch (all layers), "auto" on the CPU keeps in-graph
-# heads rather than holding every map in buffers of ours at once.
+# Above this many bytes of tapped maps for ONE image (all layers), "auto" on the CPU keeps in-graph
+# heads rather than holding them in buffers of ours.
 NATIVE_BUFFER_BYTES = 4 << 30
+# CPU native heads: a batch is run through ORT in chunks of at most this many bytes of tapped maps
+# (at least one image a run).
+RUN_BYTES = 256 << 20
 
 
 class ForwardSession:
@@ -45,7 +59,8 @@ class ForwardSession:
     CUDA code path with host-bound outputs (it is what the tests exercise without a GPU).
     `optimize` applies `_optimize.rewrite_lrn` on the CPU (cuDNN's LRN is fast as it is).
     `uint8_input=pre` makes the session take uint8 [N, H, W, 3] batches and normalise them in the
-    graph with `pre.affine()` (BatchLoader layout "uint8"). `batch_size` only informs "auto".
+    graph with `pre.affine()` (BatchLoader layout "uint8"). `batch_size` sizes the CPU native
+    heads' buffers (a larger batch later grows them).
     """
 
     def __init__(self, model, layers: Sequence, device: runtime.Target | str = "cpu", heads: str = "auto",
@@ -56,7 +71,7 @@ class ForwardSession:
         self.target = runtime.as_target(device)
         self.device = device = self.target.name
         self.layers = list(layers)
-        self.heads = _auto_heads(self.layers, device, batch_size) if heads == "auto" else heads
+        self.heads = _auto_heads(self.layers, device) if heads == "auto" else heads
         self.input_name = model.input_name
         self.iobinding = device == "cuda" if iobinding is None else iobinding
         try:
@@ -74,10 +89,12 @@ class ForwardSession:
         else:
             self.outputs = list(dict.fromkeys(layer.tensor for layer in self.layers))
         self.stream = runtime.cuda_stream(self.target)
+        native_cpu = self.heads == "native" and not self.iobinding
         # Decode threads share the cores with ORT's pool: spinning workers would steal their time.
         try:
             self.session = runtime.session(proto, self.target, threads=threads, arena="session", spinning=spinning,
-                                           mem_pattern=True, stream=self.stream,
+                                           mem_pattern=not native_cpu, stream=self.stream,
+                                           branches_first=device == "cpu",
                                            what=f"the mining graph of {model.name}")
         except CnnvizError:
             raise
@@ -85,9 +102,13 @@ class ForwardSession:
             raise MiningError(f"ONNX Runtime cannot run the mining graph of {model.name}: {exc}") from None
         self._binding = self.session.io_binding() if self.iobinding else None
         self.pinned_note: str | None = None
-        # CPU native heads: ORT writes the maps into these (batch size -> {output: array}), reused.
-        self._maps: dict[int, dict[str, np.ndarray]] = {}
-        self._maps_binding = self.session.io_binding() if self.heads == "native" and not self.iobinding else None
+        # CPU native heads: ORT writes the maps of one chunk into these ({output: array}), reused.
+        self._maps: dict[str, np.ndarray] = {}
+        self._maps_binding = self.session.io_binding() if native_cpu else None
+        self._map_shapes = _map_shapes(proto, self.outputs) if native_cpu else None
+        self._run_size = 1
+        if self._map_shapes is not None:
+            self._sized(batch_size)
 
     def allocate(self, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
         """A batch buffer; page-locked for a CUDA session (pageable, with `pinned_note` saying why,
@@ -103,12 +124,11 @@ class ForwardSession:
             if self._binding is not None:
                 outs = self._run_bound(images)
             elif self._maps_binding is not None:
-                outs = self._run_into_buffers(images)
+                return self._run_into_buffers(images)
             else:
                 outs = self.session.run(self.outputs, {self.input_name: images})
         except Exception as exc:  # ORT's own error types (Fail, RuntimeException, ...), e.g. out of memory
-            raise MiningError(f"ONNX Runtime failed on a batch of {len(images)} images: {exc}; results up to "
-                              "the last checkpoint are kept, run the same command to resume") from None
+            raise _failed(images, exc) from None
         if self.heads == "graph":
             return [(outs[2 * i], outs[2 * i + 1]) for i in range(len(self.layers))]
         by_tensor = dict(zip(self.outputs, outs))
@@ -142,22 +162,47 @@ class ForwardSession:
         b.clear_binding_outputs()
         return outs  # OrtValues, handed on through DLPack (on the host too, where tests run this path)
 
-    def _run_into_buffers(self, images: np.ndarray) -> list[np.ndarray]:
-        """CPU native heads: the maps written into this batch size's buffers (made from the first
-        run's outputs, whose shapes ORT knows best), valid until the next run."""
+    def _run_into_buffers(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """CPU native heads: the batch in equal chunks of at most `_run_size` images, each chunk's
+        maps written by ORT into the buffers and reduced before the next chunk overwrites them."""
         images = np.ascontiguousarray(images)
         n = len(images)
-        maps = self._maps.get(n)
-        if maps is None:  # the first batch of this size: ORT allocates, the arrays become the buffers
-            outs = self.session.run(self.outputs, {self.input_name: images})
-            self._maps = {n: {name: np.ascontiguousarray(a) for name, a in zip(self.outputs, outs)}}
-            return [self._maps[n][name] for name in self.outputs]
+        if self._map_shapes is None and n:  # shapes not inferred: ask ORT, with one image
+            outs = self.session.run(self.outputs, {self.input_name: images[:1]})
+            self._map_shapes = {name: tuple(a.shape[1:]) for name, a in zip(self.outputs, outs)}
+            self._sized(n)
+        chunks = -(-n // self._run_size) if n else 0
+        size = -(-n // chunks) if n else 0
+        self._grow(size)
+        parts: list[list[tuple[np.ndarray, np.ndarray]]] = []
         b = self._maps_binding
-        b.bind_input(self.input_name, "cpu", 0, images.dtype.type, list(images.shape), images.ctypes.data)
-        for name, a in maps.items():
-            b.bind_output(name, "cpu", 0, a.dtype.type, list(a.shape), a.ctypes.data)
-        self.session.run_with_iobinding(b)
-        return [maps[name] for name in self.outputs]
+        for start in range(0, n, size or 1):
+            part = images[start:start + size]
+            m = len(part)
+            b.bind_input(self.input_name, "cpu", 0, part.dtype.type, list(part.shape), part.ctypes.data)
+            views = {name: a[:m] for name, a in self._maps.items()}
+            for name, a in views.items():
+                b.bind_output(name, "cpu", 0, a.dtype.type, list(a.shape), a.ctypes.data)
+            try:
+                self.session.run_with_iobinding(b)
+            except Exception as exc:  # ORT's own error types
+                raise _failed(images, exc) from None
+            parts.append([self._reduce(views[layer.tensor]) for layer in self.layers])
+        if len(parts) == 1:
+            return parts[0]
+        return [(np.concatenate([p[i][0] for p in parts]), np.concatenate([p[i][1] for p in parts]))
+                for i in range(len(self.layers))]
+
+    def _sized(self, batch_size: int) -> None:
+        per_image = sum(4 * int(np.prod(shape)) for shape in self._map_shapes.values())
+        self._run_size = max(1, RUN_BYTES // max(1, per_image))
+        self._grow(min(batch_size, self._run_size))
+
+    def _grow(self, rows: int) -> None:
+        """Make the map buffers hold at least `rows` images."""
+        if self._maps and len(next(iter(self._maps.values()))) >= rows:
+            return
+        self._maps = {name: _small_pages((rows, *shape)) for name, shape in self._map_shapes.items()}
 
     def _reduce(self, tap) -> tuple[Any, Any]:
         from .. import _C
@@ -169,13 +214,45 @@ class ForwardSession:
         return _C.unit_max(tap)
 
 
-def _auto_heads(layers: Sequence, device: str, batch_size: int) -> str:
-    """"auto": native heads on the CPU unless one batch would hold more than NATIVE_BUFFER_BYTES
-    of float32 maps, graph heads on CUDA (the maps never leave the device there)."""
+def _auto_heads(layers: Sequence, device: str) -> str:
+    """"auto": native heads on the CPU unless one image's float32 maps pass NATIVE_BUFFER_BYTES,
+    graph heads on CUDA (the maps never leave the device there)."""
     if device != "cpu":
         return "graph"
     per_image = 0
     for layer in dict((layer.tensor, layer) for layer in layers).values():
         shape = getattr(layer, "map_shape", None) or ()
         per_image += 4 * layer.units * int(np.prod(shape))
-    return "native" if batch_size * per_image <= NATIVE_BUFFER_BYTES else "graph"
+    return "native" if per_image <= NATIVE_BUFFER_BYTES else "graph"
+
+
+def _map_shapes(proto, outputs: Sequence[str]) -> dict[str, tuple[int, ...]] | None:
+    """The per-image shape of each tapped output from the mining graph's inferred output shapes;
+    None when one is not known beyond the batch axis (the first run then asks ORT)."""
+    infos = {o.name: o for o in proto.graph.output}
+    shapes = {}
+    for name in outputs:
+        t = infos[name].type.tensor_type
+        dims = t.shape.dim[1:] if t.HasField("shape") else None
+        if not dims or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+            return None
+        shapes[name] = tuple(int(d.dim_value) for d in dims)
+    return shapes
+
+
+def _small_pages(shape: tuple[int, ...]) -> np.ndarray:
+    """An uninitialised float32 array in 4 KiB pages (NumPy asks Linux for transparent huge pages
+    on large arrays). A map buffer is written whole by every run; what costs is its first touch,
+    which on the virtual machines measured here (see the module docstring) is several times
+    cheaper in small pages. Elsewhere (no madvise) plain NumPy memory."""
+    nbytes = 4 * int(np.prod(shape))
+    if nbytes == 0 or not hasattr(mmap, "MADV_NOHUGEPAGE"):
+        return np.empty(shape, np.float32)
+    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.madvise(mmap.MADV_NOHUGEPAGE)
+    return np.frombuffer(buf, np.float32).reshape(shape)  # the array keeps the mapping alive
+
+
+def _failed(images, exc: Exception) -> MiningError:
+    return MiningError(f"ONNX Runtime failed on a batch of {len(images)} images: {exc}; results up to "
+                       "the last checkpoint are kept, run the same command to resume")

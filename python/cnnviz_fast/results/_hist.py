@@ -39,9 +39,17 @@ def empty(units: int) -> np.ndarray:
 
 def bins(v: np.ndarray) -> np.ndarray:
     """The bin of every value (int64, v's shape); meaningless for NaN and -inf (not counted)."""
+    # m (the number of edges <= |v|) from the binary exponent and the mantissa's top two bits,
+    # exact since every edge is 2^e * (1 + q/4): |v| = f * 2^x with f in [0.5, 1) gives
+    # m = 4 * (x + 15) + floor(8 f) - 3, clipped to 0..len(EDGES) (a few times faster than a
+    # binary search over the edges; tests compare both with the bounds bin by bin).
     v = np.asarray(v)
-    m = np.searchsorted(EDGES, np.abs(v.astype(np.float64)), side="right")
-    return np.where(v < 0, CENTER - m, CENTER + m).astype(np.int64)
+    a = np.abs(v.astype(np.float64))
+    f, x = np.frexp(a)
+    f = np.where(np.isfinite(f), f, 0.5)  # inf and NaN: set below, and NaN is never counted
+    m = 4 * (x.astype(np.int64) + 15) + (8 * f).astype(np.int64) - 3
+    m = np.where(a < EDGES[0], 0, np.where(a >= EDGES[-1], len(EDGES), m))
+    return np.where(v < 0, CENTER - m, CENTER + m)
 
 
 def counts(v: np.ndarray, valid: np.ndarray) -> np.ndarray:
