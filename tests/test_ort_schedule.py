@@ -134,3 +134,26 @@ def test_graphs_with_subgraphs_keep_onnx_runtimes_order():
                           [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])])
     assert has_subgraphs(g)
     assert not has_subgraphs(_residual_net(1)[0].graph)
+
+
+def test_without_a_writable_temporary_folder_the_session_warns_and_keeps_onnx_runtimes_order(monkeypatch):
+    import tempfile
+
+    def refuse(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", refuse)
+    model, taps = _residual_net(1)
+    x = np.random.default_rng(2).standard_normal((2, 3, 24, 24)).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match="Read-only file system.*ONNX Runtime's own order"):
+        sess = runtime.session(model, "cpu", threads=1, branches_first=True, what="the test graph")
+    want = runtime.session(model, "cpu", threads=1).run(taps, {"image": x})
+    for a, b in zip(sess.run(taps, {"image": x}), want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_graph_that_cannot_run_raises_onnx_runtimes_error_not_a_warning():
+    model, _ = _residual_net(1)
+    model.graph.node[0].input[1] = "no_such_weight"
+    with pytest.raises(Exception, match="no_such_weight"):
+        runtime.session(model, "cpu", threads=1, branches_first=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -316,10 +317,20 @@ def session(model, target: Target | str = CPU, *, threads: int | None = None, ar
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
     model = model if isinstance(model, bytes) else os.fspath(model)
+    sess = None
     if branches_first and provider.ep == "CPUExecutionProvider":
-        sess = _branches_first_session(model, options, providers)
-    else:
+        try:
+            sess = _branches_first_session(model, options, providers)
+        except Exception as exc:  # ORT's own error types, OSError (no writable temporary folder), ...
+            # The order is an optimisation: the graph runs in ONNX Runtime's own order instead. A
+            # graph that cannot run at all raises below, from the plain session, as it always did.
+            why = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    if sess is None:
         sess = ort.InferenceSession(model, options(), providers=providers)
+        if branches_first and provider.ep == "CPUExecutionProvider":
+            warnings.warn(f"{what}: could not run ONNX Runtime's optimised graph in the branches-first "
+                          f"order ({why}); it runs in ONNX Runtime's own order (slower with many taps)",
+                          RuntimeWarning, stacklevel=2)
     if provider.ep not in sess.get_providers():
         raise DeviceUnavailable(f"ONNX Runtime did not keep the {provider.ep} for {what}; run "
                                 "`cnnviz-fast info` to see why")
