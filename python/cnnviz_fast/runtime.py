@@ -317,7 +317,7 @@ def session(model, target: Target | str = CPU, *, threads: int | None = None, ar
     if hasattr(model, "SerializeToString"):
         model = model.SerializeToString()
     model = model if isinstance(model, bytes) else os.fspath(model)
-    sess = None
+    sess, why = None, None
     if branches_first and provider.ep == "CPUExecutionProvider":
         try:
             sess = _branches_first_session(model, options, providers)
@@ -327,7 +327,7 @@ def session(model, target: Target | str = CPU, *, threads: int | None = None, ar
             why = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     if sess is None:
         sess = ort.InferenceSession(model, options(), providers=providers)
-        if branches_first and provider.ep == "CPUExecutionProvider":
+        if why is not None:
             warnings.warn(f"{what}: could not run ONNX Runtime's optimised graph in the branches-first "
                           f"order ({why}); it runs in ONNX Runtime's own order (slower with many taps)",
                           RuntimeWarning, stacklevel=2)
